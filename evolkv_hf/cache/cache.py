@@ -1,0 +1,309 @@
+"""``EvolKVCache``: a transformers ``Cache`` with a token budget per layer."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.cache_utils import Cache, DummyLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+
+from .hooks import attach_hooks, mask_function_for, remove_hooks
+from .layer import EvolKVLayer
+from .policies import ScoringOptions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ..allocation import BudgetAllocation
+
+_SLIDING_TYPES = ("sliding_attention", "chunked_attention")
+_SUPPORTED_TYPES = ("full_attention", *_SLIDING_TYPES, "dummy")
+
+
+class EvolKVCache(Cache):
+    """A KV cache that keeps, per decoder layer, at most ``budget`` prompt tokens per KV head.
+
+    At the end of the prefill each layer scores the prompt positions (SnapKV: the attention of the last
+    ``window_size`` prompt tokens; or StreamingLLM: sinks plus recent tokens) and keeps the best
+    ``budget - window_size`` of them plus the window itself, in their original order. The prefill itself
+    attends to the whole prompt; generated tokens are appended. Every layer gets an attention mask sized
+    for what it stores, so eager and sdpa attention, left-padded batches, GQA, beam search, multi-turn
+    reuse and ``crop`` all work with unequal per-layer budgets.
+
+    Parameters
+    ----------
+    model:
+        The decoder-only transformers model the cache is used with. Hooks are installed on it once (see
+        :meth:`detach`); they do nothing for other cache types.
+    budgets:
+        Tokens kept per layer and per KV head, the observation window included: an ``int`` for every layer,
+        a sequence with one ``int`` per decoder layer, or a :class:`~evolkv_hf.BudgetAllocation`. Budgets of
+        sliding-window layers of hybrid models (Gemma2/3) are ignored: those layers keep their own window.
+    window_size:
+        Observation window (default 32, or the allocation's). Always kept.
+    kernel_size:
+        Pooling width over the window attention (default 7, or the allocation's).
+    pooling:
+        ``"avg"`` (default, or the allocation's) or ``"max"``.
+    gqa_aggregation:
+        How the query heads of a KV head are combined: ``"mean"`` (default) or ``"max"``.
+    policy:
+        ``"snapkv"`` (default, or the allocation's) or ``"streaming"``.
+    num_sink_tokens:
+        Sink tokens kept by the ``"streaming"`` policy (default 4).
+
+    Example
+    -------
+    >>> from evolkv_hf import EvolKVCache
+    >>> cache = EvolKVCache(model, budgets=128)  # doctest: +SKIP
+    >>> out = model.generate(**inputs, past_key_values=cache, max_new_tokens=32)  # doctest: +SKIP
+    >>> cache.stored_lengths()[:3], cache.memory_bytes()  # doctest: +SKIP
+    ([128 + 31, 128 + 31, 128 + 31], 1_425_408)
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        budgets: int | Sequence[int] | BudgetAllocation,
+        *,
+        window_size: int | None = None,
+        kernel_size: int | None = None,
+        pooling: str | None = None,
+        gqa_aggregation: str = "mean",
+        policy: str | None = None,
+        num_sink_tokens: int = 4,
+    ) -> None:
+        config = _text_config(model)
+        model_type = str(getattr(config, "model_type", type(model).__name__))
+        layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
+        _check_architecture(config, layer_types, model_type)
+        num_layers = len(layer_types)
+
+        defaults = _allocation_defaults(budgets, num_layers)
+        self.options = ScoringOptions(
+            policy=policy if policy is not None else defaults.get("policy", "snapkv"),
+            window_size=window_size if window_size is not None else defaults.get("window_size", 32),
+            kernel_size=kernel_size if kernel_size is not None else defaults.get("kernel_size", 7),
+            pooling=pooling if pooling is not None else defaults.get("pooling", "avg"),
+            gqa_aggregation=gqa_aggregation,
+            num_sink_tokens=num_sink_tokens,
+        )
+        self.budgets = _validate_budgets(budgets, num_layers)
+
+        # Compress full-attention layers; a model whose layers are all sliding (Mistral, Qwen2 with
+        # use_sliding_window) is compressed on its sliding layers, whose window then acts on stored entries.
+        compressed_type = "full_attention" if "full_attention" in layer_types else "sliding_attention"
+        layers: list[Any] = []
+        self._mask_kinds: dict[int, str] = {}
+        for index, (kind, kwargs) in enumerate(zip(layer_types, layer_kwargs)):
+            if kind == compressed_type:
+                layers.append(EvolKVLayer(self.budgets[index], self.options))
+                self._mask_kinds[index] = "full" if kind == "full_attention" else "sliding"
+            elif kind in _SLIDING_TYPES:
+                layers.append(DynamicSlidingWindowLayer(**kwargs))
+            else:
+                layers.append(DummyLayer())
+        if not self._mask_kinds:
+            raise ValueError(f"EvolKVCache found no attention layer to compress in model type {model_type!r}.")
+        super().__init__(layers=layers)
+        attach_hooks(model, model_type, sorted(self._mask_kinds))
+        self._forward_mask: torch.Tensor | None = None
+        self._mask_memo: dict[tuple[Any, ...], Any] = {}
+        self._hooks_ran = False
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_dir: str | os.PathLike[str],
+        model: PreTrainedModel,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **cache_options: Any,
+    ) -> EvolKVCache:
+        """Build a cache from a saved :class:`~evolkv_hf.BudgetAllocation` (a directory or a Hub repo id).
+
+        Example
+        -------
+        >>> cache = EvolKVCache.from_pretrained("user/smollm2-evolkv-c128", model)  # doctest: +SKIP
+        """
+        from ..allocation import BudgetAllocation
+
+        allocation = BudgetAllocation.from_pretrained(
+            repo_id_or_dir, revision=revision, token=token, cache_dir=cache_dir
+        )
+        return cls(model, allocation, **cache_options)
+
+    @staticmethod
+    def detach(model: PreTrainedModel) -> bool:
+        """Remove the hooks any ``EvolKVCache`` installed on ``model``; returns whether there were any."""
+        return remove_hooks(model)
+
+    # ------------------------------------------------------------------ Cache API
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._hooks_ran and layer_idx in self._mask_kinds:
+            raise RuntimeError(
+                "EvolKVCache is being used with a model it was not built for (its hooks did not run). Create the "
+                "cache with `EvolKVCache(model, budgets)` for the model object that runs the forward."
+            )
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        self._forward_mask = None
+        self._mask_memo = {}
+
+    # ------------------------------------------------------------------ introspection
+    def compressing_layer(self, layer_idx: int) -> EvolKVLayer | None:
+        """The layer at ``layer_idx`` if this cache compresses it, else ``None``."""
+        layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+        return layer if isinstance(layer, EvolKVLayer) else None
+
+    def stored_lengths(self) -> list[int]:
+        """Entries held per KV head, for every layer (sliding layers report what they hold)."""
+        lengths = []
+        for layer in self.layers:
+            if isinstance(layer, EvolKVLayer):
+                lengths.append(layer.stored_length)
+            elif getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
+                lengths.append(int(layer.keys.shape[-2]))
+            else:
+                lengths.append(0)
+        return lengths
+
+    def kept_positions(self, layer_idx: int) -> torch.Tensor | None:
+        """Original token positions held by a compressed layer, ``(batch, num_kv_heads, stored)``."""
+        layer = self.compressing_layer(layer_idx)
+        if layer is None:
+            raise ValueError(f"Layer {layer_idx} is not compressed by this cache.")
+        return layer.kept_positions()
+
+    def memory_bytes(self) -> int:
+        """Bytes of keys and values actually held, over all layers."""
+        total = 0
+        for layer in self.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor):
+                total += keys.numel() * keys.element_size() + values.numel() * values.element_size()
+        return total
+
+    def __repr__(self) -> str:
+        return (
+            f"EvolKVCache(layers={len(self.layers)}, mean_budget={sum(self.budgets) / len(self.budgets):.1f}, "
+            f"policy={self.options.policy!r}, window_size={self.options.window_size}, "
+            f"stored={self.stored_lengths()})"
+        )
+
+    # ------------------------------------------------------------------ used by the hooks
+    def _begin_forward(self, attention_mask: torch.Tensor | None) -> None:
+        self._hooks_ran = True
+        self._forward_mask = attention_mask
+        self._mask_memo = {}
+
+    def _key_valid(self, length: int) -> torch.Tensor | None:
+        mask = self._forward_mask
+        if mask is None:
+            return None
+        valid = mask[:, -length:].bool()
+        return None if bool(valid.all()) else valid
+
+    def _layer_mask(
+        self, config: Any, hidden_states: torch.Tensor, position_ids: torch.Tensor | None, layer_idx: int
+    ) -> Any:
+        kind = self._mask_kinds[layer_idx]
+        query_length = hidden_states.shape[1]
+        sizes = self.get_mask_sizes(query_length, layer_idx)
+        key = (kind, query_length, sizes, hidden_states.device, hidden_states.dtype)
+        if key not in self._mask_memo:
+            builder, cache_kwarg = mask_function_for(kind)
+            self._mask_memo[key] = builder(
+                config=config,
+                inputs_embeds=hidden_states,
+                attention_mask=self._forward_mask,
+                position_ids=position_ids,
+                layer_idx=layer_idx,
+                **{cache_kwarg: self},
+            )
+        return self._mask_memo[key]
+
+
+def _text_config(model: Any) -> Any:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        raise TypeError(
+            f"EvolKVCache needs a transformers model (with a `.config`), got {type(model).__name__}. "
+            "Pass the model first: EvolKVCache(model, budgets)."
+        )
+    return config.get_text_config(decoder=True)
+
+
+def _check_architecture(config: Any, layer_types: list[str], model_type: str) -> None:
+    if getattr(config, "kv_lora_rank", None) is not None:
+        raise ValueError(
+            f"EvolKVCache does not support model type {model_type!r}: multi-latent attention (MLA) stores "
+            "compressed latents, not per-head keys and values."
+        )
+    sharing = getattr(config, "kv_sharing_modes", None)
+    if sharing is not None and "reuse" in list(sharing):
+        raise ValueError(
+            f"EvolKVCache does not support model type {model_type!r}: some layers reuse another layer's KV cache "
+            "(KV sharing), so per-layer budgets cannot be applied independently."
+        )
+    unsupported = sorted({kind for kind in layer_types if kind not in _SUPPORTED_TYPES})
+    if unsupported:
+        raise ValueError(
+            f"EvolKVCache does not support model type {model_type!r}: it has layer types {unsupported} "
+            f"(supported: {list(_SUPPORTED_TYPES)})."
+        )
+
+
+def _allocation_defaults(budgets: Any, num_layers: int) -> dict[str, Any]:
+    if not hasattr(budgets, "budgets") or isinstance(budgets, (int, Sequence)):
+        return {}
+    validate = getattr(budgets, "validate_for", None)
+    if callable(validate):
+        validate(num_layers)
+    defaults = {}
+    for name in ("window_size", "kernel_size", "pooling", "policy"):
+        value = getattr(budgets, name, None)
+        if value is not None:
+            defaults[name] = value
+    return defaults
+
+
+def _validate_budgets(budgets: Any, num_layers: int) -> list[int]:
+    if hasattr(budgets, "budgets") and not isinstance(budgets, (int, Sequence)):
+        budgets = budgets.budgets
+    if isinstance(budgets, bool):
+        raise TypeError("budgets must be an int or a sequence of ints, got a bool.")
+    if isinstance(budgets, numbers.Integral):
+        values: list[Any] = [budgets] * num_layers
+    elif isinstance(budgets, torch.Tensor) or hasattr(budgets, "tolist"):
+        values = list(budgets.tolist())
+    elif isinstance(budgets, Sequence) and not isinstance(budgets, (str, bytes)):
+        values = list(budgets)
+    else:
+        raise TypeError(
+            f"budgets must be an int, a sequence of ints (one per layer) or a BudgetAllocation, got "
+            f"{type(budgets).__name__}."
+        )
+    if len(values) != num_layers:
+        raise ValueError(
+            f"Got {len(values)} budgets but the model has {num_layers} decoder layers: pass one budget per layer "
+            "(or a single int for all layers)."
+        )
+    checked = []
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"Budget of layer {index} must be an integer number of tokens, got {value!r}.")
+        if value < 1:
+            raise ValueError(f"Budget of layer {index} must be at least 1 token, got {value}.")
+        checked.append(int(value))
+    return checked

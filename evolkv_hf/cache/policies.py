@@ -1,0 +1,203 @@
+"""Selection policies: which prompt positions a layer keeps, as pure tensor functions.
+
+A policy turns what a layer saw during the prefill into one score per prefix position and KV head. The
+layer then keeps the ``budget - window`` best-scored prefix positions plus the observation window (the
+last prompt tokens), in their original order. Pad positions always score ``-inf``, so they are evicted
+first and, when a budget is larger than a row's real length, the kept pads sit first (left padding).
+
+Two policies ship:
+
+* ``"snapkv"``: SnapKV (Li et al., 2024). The softmax attention of the window queries to the prefix,
+  averaged over the window, pooled over ``kernel_size`` neighbours, aggregated over the query heads of each
+  KV head (GQA).
+* ``"streaming"``: StreamingLLM (Xiao et al., 2024). A few attention-sink tokens (the first real tokens)
+  plus the most recent ones. It needs no queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+POLICIES = ("snapkv", "streaming")
+POOLINGS = ("avg", "max")
+GQA_AGGREGATIONS = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How prefix positions are scored (the parameters of a policy).
+
+    Attributes
+    ----------
+    policy:
+        ``"snapkv"`` or ``"streaming"``.
+    window_size:
+        Number of last prompt tokens whose queries observe the prefix; they are always kept.
+    kernel_size:
+        Width of the 1D pooling applied to the window attention (SnapKV's clustering).
+    pooling:
+        ``"avg"`` or ``"max"`` pooling.
+    gqa_aggregation:
+        How the query heads of one KV head are combined: ``"mean"`` or ``"max"``.
+    num_sink_tokens:
+        Sink tokens kept by the ``"streaming"`` policy.
+    """
+
+    policy: str = "snapkv"
+    window_size: int = 32
+    kernel_size: int = 7
+    pooling: str = "avg"
+    gqa_aggregation: str = "mean"
+    num_sink_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if self.gqa_aggregation not in GQA_AGGREGATIONS:
+            raise ValueError(f"gqa_aggregation must be one of {GQA_AGGREGATIONS}, got {self.gqa_aggregation!r}.")
+        for name in ("window_size", "kernel_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if isinstance(self.num_sink_tokens, bool) or not isinstance(self.num_sink_tokens, int):
+            raise ValueError(f"num_sink_tokens must be a non-negative integer, got {self.num_sink_tokens!r}.")
+        if self.num_sink_tokens < 0:
+            raise ValueError(f"num_sink_tokens must be a non-negative integer, got {self.num_sink_tokens!r}.")
+
+    @property
+    def needs_queries(self) -> bool:
+        """Whether the policy scores with the observation-window queries."""
+        return self.policy == "snapkv"
+
+
+def snapkv_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    *,
+    scaling: float,
+    prefix_length: int,
+    kernel_size: int = 7,
+    pooling: str = "avg",
+    gqa_aggregation: str = "mean",
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Score prefix positions by the window's attention to them (SnapKV).
+
+    Parameters
+    ----------
+    queries:
+        ``(batch, num_heads, w, head_dim)`` queries of the last ``w`` prompt tokens, after RoPE.
+    keys:
+        ``(batch, num_kv_heads, seq, head_dim)`` keys of the whole prompt, after RoPE.
+    key_valid:
+        ``(batch, seq)`` boolean, ``False`` for pad tokens; ``None`` when nothing is padded.
+    scaling:
+        The attention module's softmax scaling.
+    prefix_length:
+        Number of leading positions to score (``seq`` minus the kept window).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, num_kv_heads, prefix_length)`` float32 scores; pads are ``-inf``.
+    """
+    batch, num_heads, window, head_dim = queries.shape
+    num_kv_heads, seq = keys.shape[1], keys.shape[2]
+    groups = num_heads // num_kv_heads
+    q = queries.float().reshape(batch, num_kv_heads, groups, window, head_dim)
+    logits = torch.einsum("bhgwd,bhtd->bhgwt", q, keys.float()) * scaling
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    # Window query i sits at position seq - window + i and sees keys up to that position.
+    query_pos = torch.arange(seq - window, seq, device=keys.device)
+    allowed = torch.arange(seq, device=keys.device)[None, :] <= query_pos[:, None]  # (w, seq)
+    allowed = allowed[None, :, :]
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, :]
+    logits = logits.masked_fill(~allowed[:, None, None, :, :], float("-inf"))
+    weights = torch.softmax(logits, dim=-1)
+    # A pad query sees only pads: its row is all -inf (NaN after softmax). Drop those rows.
+    if key_valid is not None:
+        query_valid = key_valid[:, seq - window :]  # (batch, w)
+        weights = torch.where(query_valid[:, None, None, :, None], weights, torch.zeros_like(weights))
+        counts = query_valid.sum(dim=-1).clamp(min=1).to(weights.dtype)[:, None, None, None]
+        observed = weights.sum(dim=3) / counts
+    else:
+        observed = weights.mean(dim=3)  # (batch, kv, groups, seq)
+    observed = observed[..., :prefix_length]
+    if kernel_size > 1 and prefix_length > 0:
+        flat = observed.reshape(-1, 1, prefix_length)
+        pad = kernel_size // 2
+        if pooling == "avg":
+            flat = F.avg_pool1d(flat, kernel_size, stride=1, padding=pad)
+        else:
+            flat = F.max_pool1d(flat, kernel_size, stride=1, padding=pad)
+        observed = flat[..., :prefix_length].reshape(batch, num_kv_heads, groups, prefix_length)
+    scores = observed.mean(dim=2) if gqa_aggregation == "mean" else observed.amax(dim=2)
+    if key_valid is not None:
+        scores = scores.masked_fill(~key_valid[:, None, :prefix_length], float("-inf"))
+    return scores
+
+
+def streaming_scores(
+    key_valid: torch.Tensor | None,
+    *,
+    batch: int,
+    num_kv_heads: int,
+    prefix_length: int,
+    num_sink_tokens: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Score prefix positions for StreamingLLM: sinks first, then recency.
+
+    The first ``num_sink_tokens`` real (non-pad) tokens of each row score ``+inf``; the others score their
+    position, so the most recent ones win; pads score ``-inf``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, num_kv_heads, prefix_length)`` float32 scores.
+    """
+    positions = torch.arange(prefix_length, device=device, dtype=torch.float32)
+    scores = positions.expand(batch, prefix_length).clone()
+    if key_valid is not None:
+        valid = key_valid[:, :prefix_length]
+        real_index = valid.long().cumsum(dim=-1) - 1  # 0 for the first real token
+        scores = scores.masked_fill(valid & (real_index < num_sink_tokens), float("inf"))
+        scores = scores.masked_fill(~valid, float("-inf"))
+    else:
+        scores[:, : min(num_sink_tokens, prefix_length)] = float("inf")
+    return scores[:, None, :].expand(batch, num_kv_heads, prefix_length)
+
+
+def select_positions(scores: torch.Tensor, keep_prefix: int, seq: int, window: int) -> torch.Tensor:
+    """Pick the kept positions: the ``keep_prefix`` best-scored prefix positions plus the window.
+
+    Parameters
+    ----------
+    scores:
+        ``(batch, num_kv_heads, seq - window)`` scores.
+    keep_prefix:
+        How many prefix positions to keep (``0 <= keep_prefix <= seq - window``).
+    seq, window:
+        Prompt length and number of trailing positions always kept.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, num_kv_heads, keep_prefix + window)`` int64 positions in increasing order.
+    """
+    batch, num_kv_heads, _ = scores.shape
+    top = scores.topk(keep_prefix, dim=-1).indices if keep_prefix > 0 else scores.new_empty(
+        (batch, num_kv_heads, 0), dtype=torch.long
+    )
+    # Ties among -inf pads are broken arbitrarily by topk; sorting restores the original order.
+    top = top.sort(dim=-1).values
+    tail = torch.arange(seq - window, seq, device=scores.device).expand(batch, num_kv_heads, window)
+    return torch.cat([top, tail], dim=-1)

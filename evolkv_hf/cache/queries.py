@@ -1,0 +1,90 @@
+"""Recompute the observation-window queries of an attention module from its inputs.
+
+``Cache.update`` receives keys and values but no queries, so a forward pre-hook on each attention module
+recomputes the queries of the last ``window`` tokens exactly as the module will: projection (``q_proj``, or
+the first ``num_heads * head_dim`` columns of a fused ``qkv_proj``), ``q_norm`` where present (Qwen3,
+Gemma3), then RoPE with the module file's own ``apply_rotary_pos_emb`` and the ``position_embeddings`` the
+decoder layer passes, sliced to the window.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+RotaryFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class QueryRecipe:
+    """What is needed to recompute one attention module's queries."""
+
+    head_dim: int
+    fused_qkv: bool
+    apply_rotary: RotaryFn
+
+    @classmethod
+    def for_module(cls, module: nn.Module, model_type: str) -> QueryRecipe:
+        """Inspect an attention module; raise ``ValueError`` naming ``model_type`` when unsupported."""
+        head_dim = getattr(module, "head_dim", None)
+        if not isinstance(head_dim, int):
+            raise ValueError(
+                f"EvolKVCache cannot read `head_dim` from the attention module {type(module).__name__} of "
+                f"model type {model_type!r}; this architecture is not supported."
+            )
+        if isinstance(getattr(module, "q_proj", None), nn.Module):
+            fused = False
+        elif isinstance(getattr(module, "qkv_proj", None), nn.Module):
+            fused = True
+        else:
+            raise ValueError(
+                f"EvolKVCache does not support model type {model_type!r}: its attention module "
+                f"{type(module).__name__} has neither `q_proj` nor `qkv_proj` (multi-latent attention and other "
+                "non-standard projections are not supported)."
+            )
+        rotary = getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
+        if not callable(rotary):
+            raise ValueError(
+                f"EvolKVCache does not support model type {model_type!r}: no `apply_rotary_pos_emb` was found in "
+                f"{type(module).__module__}."
+            )
+        return cls(head_dim=head_dim, fused_qkv=fused, apply_rotary=rotary)
+
+
+def window_queries(
+    module: nn.Module,
+    recipe: QueryRecipe,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+    window: int,
+) -> torch.Tensor:
+    """Return the queries of the last ``window`` tokens, shaped ``(batch, num_heads, window, head_dim)``.
+
+    ``hidden_states`` is the attention module's input (after the decoder layer's input norm).
+    """
+    states = hidden_states[:, -window:]
+    batch, length = states.shape[:2]
+    with torch.no_grad():
+        if recipe.fused_qkv:
+            fused = module.qkv_proj(states)
+            num_heads = getattr(module.config, "num_attention_heads", None)
+            if num_heads is None:  # pragma: no cover - every fused-qkv family in transformers has it
+                raise ValueError("Fused qkv projection without `config.num_attention_heads`.")
+            # Phi3 computes the query width the same way; tensor-parallel shards are not fused.
+            projected = fused[..., : num_heads * recipe.head_dim]
+        else:
+            projected = module.q_proj(states)
+        queries = projected.view(batch, length, -1, recipe.head_dim)
+        q_norm = getattr(module, "q_norm", None)
+        if isinstance(q_norm, nn.Module):
+            queries = q_norm(queries)
+        queries = queries.transpose(1, 2)
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            cos, sin = cos[:, -length:], sin[:, -length:]
+            queries, _ = recipe.apply_rotary(queries, queries, cos, sin)
+    return queries
