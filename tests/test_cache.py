@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import (
+    CACHE_KWARG,
     FAMILIES,
     EvictionOracle,
     greedy,
@@ -97,14 +98,14 @@ def test_cache_keyword_and_direct_forward():
     model = tiny_model("llama")
     inputs = random_batch(1, PROMPT)
     by_old_name = greedy(model, inputs, past_key_values=EvolKVCache(model, 10, window_size=4), max_new_tokens=NEW)
-    by_new_name = greedy(model, inputs, cache=EvolKVCache(model, 10, window_size=4), max_new_tokens=NEW)
+    by_new_name = greedy(model, inputs, **{CACHE_KWARG: EvolKVCache(model, 10, window_size=4)}, max_new_tokens=NEW)
     assert torch.equal(by_old_name.sequences, by_new_name.sequences)
     # Direct calls: prefill then one decoding step, positions from the cache's true length.
     cache = EvolKVCache(model, 10, window_size=4)
     with torch.no_grad():
-        first = model(**inputs, cache=cache)
+        first = model(**inputs, **{CACHE_KWARG: cache})
         token = first.logits[:, -1:].argmax(-1)
-        second = model(input_ids=token, cache=cache)
+        second = model(input_ids=token, **{CACHE_KWARG: cache})
     assert cache.get_seq_length() == PROMPT + 1
     assert torch.equal(second.logits[:, -1].argmax(-1), by_old_name.sequences[:, PROMPT + 1])
 
@@ -150,7 +151,7 @@ def test_kept_positions_are_topk_of_independent_window_attention():
         attentions = model(**inputs, output_attentions=True).attentions
     cache = EvolKVCache(model, budget, window_size=window, kernel_size=kernel)
     with torch.no_grad():
-        model(**inputs, cache=cache)
+        model(**inputs, **{CACHE_KWARG: cache})
     valid = inputs["attention_mask"].bool()
     for index, probs in enumerate(attentions):
         observed = probs[:, :, -window:, : PROMPT - window].float().mean(dim=2)  # (batch, heads, prefix)
@@ -332,7 +333,7 @@ class TestClearErrors:
         model = tiny_model("llama")
         mask = torch.ones(1, 1, 20, 20)
         with pytest.raises(ValueError, match="2D padding"):
-            model(input_ids=random_batch(1, 20)["input_ids"], attention_mask=mask, cache=EvolKVCache(model, 8))
+            model(input_ids=random_batch(1, 20)["input_ids"], attention_mask=mask, **{CACHE_KWARG: EvolKVCache(model, 8)})
 
     def test_multi_latent_attention(self):
         from transformers import AutoModelForCausalLM, DeepseekV2Config
@@ -358,3 +359,25 @@ class TestClearErrors:
     def test_not_a_model(self):
         with pytest.raises(TypeError, match="transformers model"):
             EvolKVCache([1, 2, 3], 8)  # type: ignore[arg-type]
+
+
+def test_cache_from_allocation_and_saved_directory(tmp_path):
+    from evolkv_hf import BudgetAllocation
+
+    model = tiny_model("llama")
+    allocation = BudgetAllocation(budgets=[9, 17, 12], window_size=4, kernel_size=3, pooling="max")
+    cache = EvolKVCache(model, allocation)
+    assert cache.budgets == [9, 17, 12]
+    assert (cache.options.window_size, cache.options.kernel_size, cache.options.pooling) == (4, 3, "max")
+    overridden = EvolKVCache(model, allocation, window_size=2)
+    assert overridden.options.window_size == 2 and overridden.options.kernel_size == 3
+
+    allocation.save_pretrained(tmp_path / "alloc")
+    loaded = EvolKVCache.from_pretrained(tmp_path / "alloc", model)
+    inputs = random_batch(1, PROMPT)
+    first = greedy(model, inputs, past_key_values=cache, max_new_tokens=NEW)
+    second = greedy(model, inputs, past_key_values=loaded, max_new_tokens=NEW)
+    assert torch.equal(first.sequences, second.sequences)
+
+    with pytest.raises(ValueError, match=r"4.*3|3.*4"):
+        EvolKVCache(model, BudgetAllocation.uniform(4, 16))

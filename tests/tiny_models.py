@@ -25,6 +25,13 @@ from transformers import (
 )
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
+import inspect
+
+from transformers import LlamaForCausalLM
+
+# transformers 5.24 renamed the `past_key_values` keyword of models and generate to `cache`.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
 VOCAB = 96
 COMMON = dict(
     vocab_size=VOCAB,

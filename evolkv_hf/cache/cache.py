@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.cache_utils import Cache, DummyLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+from transformers import cache_utils
+from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 
 from .hooks import attach_hooks, mask_function_for, remove_hooks
 from .layer import EvolKVLayer
@@ -105,7 +106,8 @@ class EvolKVCache(Cache):
             elif kind in _SLIDING_TYPES:
                 layers.append(DynamicSlidingWindowLayer(**kwargs))
             else:
-                layers.append(DummyLayer())
+                # Layers without attention (transformers >= 5.23 names them "dummy").
+                layers.append(cache_utils.DummyLayer())
         if not self._mask_kinds:
             raise ValueError(f"EvolKVCache found no attention layer to compress in model type {model_type!r}.")
         super().__init__(layers=layers)

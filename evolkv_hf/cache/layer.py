@@ -180,9 +180,15 @@ class EvolKVLayer(DynamicLayer):
 
     # ------------------------------------------------------------------ selection
     def _select(self, keys: torch.Tensor, pending: PendingPrefill | None) -> torch.Tensor:
+        length = keys.shape[-2]
+        window = min(self.options.window_size, self.budget, length)
+        scores = self.score_prefix(keys, pending, window)
+        return select_positions(scores, self.budget - window, length, window)
+
+    def score_prefix(self, keys: torch.Tensor, pending: PendingPrefill | None, window: int) -> torch.Tensor:
+        """Scores of the ``length - window`` prefix positions, ``(batch, num_kv_heads, prefix)``."""
         options = self.options
         batch, num_kv_heads, length, _ = keys.shape
-        window = min(options.window_size, self.budget, length)
         prefix = length - window
         key_valid = pending.key_valid if pending is not None else None
         if key_valid is not None:
@@ -195,7 +201,7 @@ class EvolKVLayer(DynamicLayer):
                         "attention hooks did not run. Build the cache with `EvolKVCache(model, budgets)` for the "
                         "same model object that runs the forward."
                     )
-                scores = snapkv_scores(
+                return snapkv_scores(
                     pending.queries.to(keys.device),
                     keys,
                     key_valid,
@@ -206,16 +212,33 @@ class EvolKVLayer(DynamicLayer):
                     gqa_aggregation=options.gqa_aggregation,
                     softcap=pending.softcap,
                 )
-            else:
-                scores = streaming_scores(
-                    key_valid,
-                    batch=batch,
-                    num_kv_heads=num_kv_heads,
-                    prefix_length=prefix,
-                    num_sink_tokens=options.num_sink_tokens,
-                    device=keys.device,
-                )
-            return select_positions(scores, self.budget - window, length, window)
+            return streaming_scores(
+                key_valid,
+                batch=batch,
+                num_kv_heads=num_kv_heads,
+                prefix_length=prefix,
+                num_sink_tokens=options.num_sink_tokens,
+                device=keys.device,
+            )
+
+    def load_compressed(
+        self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor | None, seen: int
+    ) -> None:
+        """Set the layer to a prefill already compressed elsewhere (used by the fast search engine).
+
+        ``keys``/``values`` are ``(batch, num_kv_heads, stored, dim)`` sorted by original position (left pads
+        first), ``positions`` their original positions (``None`` when the prompt was kept whole) and ``seen``
+        the prompt length the rows are aligned to.
+        """
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+        self.seen = seen
+        self.prefilled = True
+        self.prefill_length = seen
+        self.prefill_positions = positions
+        self.pending = None
+        self.contiguous_tail = min(self.options.window_size, keys.shape[-2]) if positions is not None else seen
 
 
 def _gather(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

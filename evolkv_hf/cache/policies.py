@@ -176,6 +176,15 @@ def streaming_scores(
     return scores[:, None, :].expand(batch, num_kv_heads, prefix_length)
 
 
+def rank_positions(scores: torch.Tensor) -> torch.Tensor:
+    """Prefix positions from best to worst score, ``(batch, num_kv_heads, prefix)`` int64.
+
+    A stable sort, so that ties (pads all score ``-inf``) break the same way everywhere: keeping the first
+    ``k`` ranked positions is the selection for every budget, which the fast search engine relies on.
+    """
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+
+
 def select_positions(scores: torch.Tensor, keep_prefix: int, seq: int, window: int) -> torch.Tensor:
     """Pick the kept positions: the ``keep_prefix`` best-scored prefix positions plus the window.
 
@@ -193,11 +202,12 @@ def select_positions(scores: torch.Tensor, keep_prefix: int, seq: int, window: i
     torch.Tensor
         ``(batch, num_kv_heads, keep_prefix + window)`` int64 positions in increasing order.
     """
-    batch, num_kv_heads, _ = scores.shape
-    top = scores.topk(keep_prefix, dim=-1).indices if keep_prefix > 0 else scores.new_empty(
-        (batch, num_kv_heads, 0), dtype=torch.long
-    )
-    # Ties among -inf pads are broken arbitrarily by topk; sorting restores the original order.
-    top = top.sort(dim=-1).values
-    tail = torch.arange(seq - window, seq, device=scores.device).expand(batch, num_kv_heads, window)
+    return positions_from_ranking(rank_positions(scores), keep_prefix, seq, window)
+
+
+def positions_from_ranking(ranking: torch.Tensor, keep_prefix: int, seq: int, window: int) -> torch.Tensor:
+    """The first ``keep_prefix`` ranked positions in increasing order, followed by the window."""
+    batch, num_kv_heads, _ = ranking.shape
+    top = ranking[..., :keep_prefix].sort(dim=-1).values
+    tail = torch.arange(seq - window, seq, device=ranking.device).expand(batch, num_kv_heads, window)
     return torch.cat([top, tail], dim=-1)

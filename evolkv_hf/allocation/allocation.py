@@ -1,0 +1,757 @@
+"""``BudgetAllocation``: per-layer KV-cache token budgets with provenance, saved as JSON and shared on the Hub."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import io
+import json
+import math
+import numbers
+import os
+import platform
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from huggingface_hub import HfApi, ModelCard, ModelHubMixin
+
+from .arithmetic import check_positive_int, distribute, pyramid_weights, resolve_floor, target_total
+from .hub import ALLOCATION_FILE, AllocationPushError, atomic_write, locate_allocation_file, read_json_file
+from .model_card import PAPER_URL, PLOT_FILE, looks_like_repo_id, render_model_card
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from typing_extensions import Self
+
+__all__ = ["FORMAT_VERSION", "POOLING_CHOICES", "BudgetAllocation"]
+
+FORMAT_VERSION = 1
+"""Version of the ``allocation.json`` layout written by this release; files with a higher one are refused."""
+
+POOLING_CHOICES = ("avg", "max")
+_POOLING_ALIASES = {"avgpool": "avg", "maxpool": "max"}  # SnapKV spelling
+_CARD_FILE = "README.md"
+_OWN_FILES = (ALLOCATION_FILE, _CARD_FILE, PLOT_FILE)
+_DISTRIBUTIONS = {"evolkv_hf": "evolkv-hf", "transformers": "transformers", "torch": "torch"}
+_DISTRIBUTIONS["huggingface_hub"] = "huggingface-hub"
+
+
+def _package_versions() -> dict[str, str]:
+    """Versions of the packages that matter for reproducing an allocation (no imports, metadata only)."""
+    versions = {"python": platform.python_version()}
+    for key, distribution in _DISTRIBUTIONS.items():
+        try:
+            versions[key] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            if key == "evolkv_hf":
+                versions[key] = "0+unknown"
+    return versions
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+# -- field validators (raise TypeError for wrong types, ValueError for wrong values) --------------------------
+def _opt_str(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a string or None, got {type(value).__name__} {value!r}.")
+
+
+def _opt_int(name: str, value: object, minimum: int) -> int | None:
+    return None if value is None else check_positive_int(name, value, minimum=minimum)
+
+
+def _opt_float(
+    name: str, value: object, *, minimum: float | None = None, strict: bool = False
+) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number or None, got {type(value).__name__} {value!r}.")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value}.")
+    if minimum is not None and (number <= minimum if strict else number < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}.")
+    return number
+
+
+def _str_dict(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise TypeError(f"{name} must be a dict with string keys, got {value!r}.")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class BudgetAllocation(
+    ModelHubMixin,
+    library_name="evolkv_hf",
+    tags=["kv-cache", "evolkv"],
+    paper_url=PAPER_URL,
+):
+    """Per-layer KV-cache token budgets for one decoder model, with the provenance needed to reproduce them.
+
+    ``budgets[i]`` is the number of prompt tokens layer ``i`` keeps after prefill, **observation window
+    included** (SnapKV convention). Allocations are immutable: :meth:`rescale` and friends return new ones.
+    Saved as ``allocation.json`` (JSON only, never pickle) plus a model card and a bar chart.
+
+    Parameters
+    ----------
+    budgets : list of int
+        One positive integer budget per decoder layer, bottom layer first.
+    **provenance
+        Every other field is optional provenance; see the field list (each has ``metadata["help"]``).
+
+    Example
+    -------
+    >>> from evolkv_hf.allocation import BudgetAllocation
+    >>> alloc = BudgetAllocation.pyramid(num_layers=4, mean_budget=128)
+    >>> alloc.budgets, alloc.total
+    ([219, 158, 98, 37], 512)
+    >>> alloc.rescale(256).mean
+    256.0
+    >>> BudgetAllocation(budgets=[64, 128, 192]).compression_ratio(context_length=1024)
+    0.875
+    """
+
+    budgets: list[int] = field(
+        metadata=_help(
+            "Token budget per decoder layer (bottom first), observation window included; ints >= 1."
+        )
+    )
+    num_layers: int = field(
+        default=0,
+        metadata=_help("Number of decoder layers; 0 (default) infers it from `budgets`, else must match."),
+    )
+    window_size: int = field(
+        default=32,
+        metadata=_help("Observation window: last prompt tokens always kept and used to score the prefix."),
+    )
+    kernel_size: int = field(
+        default=7, metadata=_help("Pooling kernel size applied to the attention scores.")
+    )
+    pooling: str = field(
+        default="avg",
+        metadata=_help(
+            f"Pooling of attention scores: one of {POOLING_CHOICES} ('avgpool'/'maxpool' accepted)."
+        ),
+    )
+    policy: str = field(
+        default="snapkv",
+        metadata=_help("Name of the in-layer token selection policy the budgets were found with."),
+    )
+    target_mean_budget: float | None = field(
+        default=None, metadata=_help("Mean budget per layer this allocation was made for (tokens).")
+    )
+    base_model: str | None = field(default=None, metadata=_help("Hub id (or path) of the model searched on."))
+    base_model_revision: str | None = field(
+        default=None, metadata=_help("Commit / revision of the base model.")
+    )
+    task: str | None = field(default=None, metadata=_help("Task or dataset the budgets were optimised on."))
+    metric_name: str | None = field(default=None, metadata=_help("Name of the metric optimised (e.g. 'f1')."))
+    metric_value: float | None = field(
+        default=None, metadata=_help("Value of that metric with these budgets.")
+    )
+    scores: dict[str, float] = field(
+        default_factory=dict,
+        metadata=_help("Other named scores, e.g. baselines at the same mean budget: {'uniform': 0.41}."),
+    )
+    search_group_size: int | None = field(default=None, metadata=_help("Layers per group optimised jointly."))
+    search_population_size: int | None = field(default=None, metadata=_help("CMA-ES population size."))
+    search_generations: int | None = field(default=None, metadata=_help("CMA-ES generations per group."))
+    search_lambda: float | None = field(
+        default=None, metadata=_help("Weight of the cache-size score (lambda).")
+    )
+    search_gamma: float | None = field(
+        default=None, metadata=_help("Under-budget penalty of the cache score (gamma).")
+    )
+    search_sigma0: float | None = field(default=None, metadata=_help("Initial CMA-ES step size (sigma0)."))
+    search_seed: int | None = field(default=None, metadata=_help("Random seed of the search."))
+    search_num_samples: int | None = field(
+        default=None, metadata=_help("Number of samples scored per candidate.")
+    )
+    extra: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "Free-form JSON-serialisable provenance (e.g. {'query_aware': True, 'chat_template': True})."
+        ),
+    )
+    package_versions: dict[str, str] = field(
+        default_factory=_package_versions,
+        metadata=_help(
+            "Versions of python, evolkv_hf, transformers, torch, huggingface_hub (filled in if omitted)."
+        ),
+    )
+    created_at: str | None = field(
+        default_factory=_utc_now, metadata=_help("Creation time, UTC ISO 8601 (filled in if omitted).")
+    )
+    format_version: int = field(
+        default=FORMAT_VERSION, metadata=_help("Version of the allocation.json layout.")
+    )
+
+    # ModelHubMixin builds a config from __init__ arguments in __new__ (and would write it as config.json);
+    # everything lives in allocation.json instead, and a frozen dataclass cannot take the extra attribute.
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        return object.__new__(cls)
+
+    def __post_init__(self) -> None:
+        budgets = self.budgets
+        if isinstance(budgets, (str, bytes)) or not isinstance(budgets, (list, tuple)):
+            raise TypeError(f"budgets must be a list of ints, got {type(budgets).__name__} {budgets!r}.")
+        if not budgets:
+            raise ValueError("budgets must contain one budget per decoder layer, got an empty list.")
+        clean: list[int] = []
+        for i, budget in enumerate(budgets):
+            if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+                raise TypeError(
+                    f"budgets[{i}] must be an int (number of tokens), got {type(budget).__name__} {budget!r}."
+                )
+            if budget < 1:
+                raise ValueError(
+                    f"budgets[{i}] = {budget}: every layer needs a budget >= 1 token (a layer cannot be evicted "
+                    "entirely). Use rescale(mean_budget) to rebalance."
+                )
+            clean.append(int(budget))
+        set_ = object.__setattr__
+        set_(self, "budgets", clean)
+        num_layers = check_positive_int("num_layers", self.num_layers, minimum=0)
+        if num_layers not in (0, len(clean)):
+            raise ValueError(
+                f"num_layers is {num_layers} but budgets has {len(clean)} entries; they must agree "
+                "(omit num_layers to infer it)."
+            )
+        set_(self, "num_layers", len(clean))
+        set_(self, "window_size", check_positive_int("window_size", self.window_size))
+        set_(self, "kernel_size", check_positive_int("kernel_size", self.kernel_size))
+        pooling = _POOLING_ALIASES.get(self.pooling, self.pooling) if isinstance(self.pooling, str) else None
+        if pooling not in POOLING_CHOICES:
+            raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}.")
+        set_(self, "pooling", pooling)
+        if not isinstance(self.policy, str) or not self.policy:
+            raise TypeError(f"policy must be a non-empty string, got {self.policy!r}.")
+        for name in ("base_model", "base_model_revision", "task", "metric_name", "created_at"):
+            _opt_str(name, getattr(self, name))
+        if self.created_at is not None:
+            try:
+                datetime.fromisoformat(self.created_at)
+            except ValueError as err:
+                raise ValueError(
+                    f"created_at must be an ISO 8601 timestamp, got {self.created_at!r}."
+                ) from err
+        set_(
+            self,
+            "target_mean_budget",
+            _opt_float("target_mean_budget", self.target_mean_budget, minimum=0, strict=True),
+        )
+        set_(self, "metric_value", _opt_float("metric_value", self.metric_value))
+        scores = _str_dict("scores", self.scores)
+        set_(self, "scores", {key: _opt_float(f"scores[{key!r}]", value) for key, value in scores.items()})
+        if any(value is None for value in self.scores.values()):
+            raise TypeError(f"scores values must be numbers, got {scores!r}.")
+        for name in (
+            "search_group_size",
+            "search_population_size",
+            "search_generations",
+            "search_num_samples",
+        ):
+            set_(self, name, _opt_int(name, getattr(self, name), minimum=1))
+        set_(self, "search_seed", _opt_int("search_seed", self.search_seed, minimum=0))
+        set_(self, "search_lambda", _opt_float("search_lambda", self.search_lambda, minimum=0))
+        set_(self, "search_gamma", _opt_float("search_gamma", self.search_gamma, minimum=0))
+        set_(self, "search_sigma0", _opt_float("search_sigma0", self.search_sigma0, minimum=0, strict=True))
+        extra = _str_dict("extra", self.extra)
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"extra must be JSON-serialisable (finite numbers, str, list, dict): {err}"
+            ) from err
+        set_(self, "extra", extra)
+        versions = _str_dict("package_versions", self.package_versions)
+        if not all(isinstance(value, str) for value in versions.values()):
+            raise TypeError(f"package_versions values must be strings, got {versions!r}.")
+        set_(self, "package_versions", versions)
+        version = check_positive_int("format_version", self.format_version)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"This allocation uses format version {version}, but this evolkv_hf release reads up to version "
+                f"{FORMAT_VERSION}. Upgrade with `pip install -U evolkv-hf`."
+            )
+
+    # -- constructors ----------------------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, num_layers: int, mean_budget: float, **provenance: Any) -> Self:
+        """Same budget in every layer (SnapKV's allocation).
+
+        The total is ``round(mean_budget * num_layers)`` (halves up); when it is not a multiple of
+        ``num_layers`` the lowest layers get one token more.
+
+        Parameters
+        ----------
+        num_layers : int
+            Number of decoder layers.
+        mean_budget : float
+            Tokens per layer on average.
+        **provenance
+            Other fields (``window_size``, ``base_model``, ...).
+        """
+        total = target_total(mean_budget, num_layers)
+        budgets = distribute([1] * num_layers, total)
+        provenance.setdefault("target_mean_budget", mean_budget)
+        return cls(budgets=budgets, **provenance)
+
+    @classmethod
+    def pyramid(
+        cls,
+        num_layers: int,
+        mean_budget: float,
+        *,
+        beta: float = 20.0,
+        floor: int | None = None,
+        **provenance: Any,
+    ) -> Self:
+        """PyramidKV's allocation: budgets decrease linearly from the bottom layer to the top, same mean.
+
+        Following PyramidKV (Cai et al., 2024, arXiv:2406.02069), every layer keeps a base of ``floor`` tokens
+        (default: the window size, capped at the mean so small targets still work) and the surplus
+        ``m = mean - floor`` is tilted: the top layer gets ``floor + m / beta``, the bottom layer
+        ``floor + 2m - m / beta``, linear in between. Shares are rounded by largest remainder so the total is
+        exactly ``round(mean_budget * num_layers)``; no layer goes below ``floor``.
+
+        Parameters
+        ----------
+        num_layers : int
+            Number of decoder layers (1 gives a single layer with the whole budget).
+        mean_budget : float
+            Tokens per layer on average.
+        beta : float, default 20
+            PyramidKV's steepness (``>= 1``); 1 is uniform, larger keeps fewer tokens in the top layer.
+        floor : int, optional
+            Minimum (base) budget of every layer; default ``min(window_size, total // num_layers)``.
+        **provenance
+            Other fields (``window_size``, ``base_model``, ...).
+        """
+        total = target_total(mean_budget, num_layers)
+        window_size = provenance.get("window_size", cls.__dataclass_fields__["window_size"].default)
+        base = resolve_floor(floor, check_positive_int("window_size", window_size), total, num_layers)
+        if total < base * num_layers:
+            raise ValueError(
+                f"Infeasible pyramid: mean_budget={mean_budget} is below the floor of {base} tokens per layer; "
+                "raise the mean budget or pass a smaller floor."
+            )
+        weights = pyramid_weights(num_layers, total, base=base, beta=beta)
+        budgets = distribute(weights, total, floor=base)
+        provenance.setdefault("target_mean_budget", mean_budget)
+        return cls(budgets=budgets, **provenance)
+
+    @classmethod
+    def for_model(
+        cls, model: Any, mean_budget: float, kind: Literal["uniform", "pyramid"] = "uniform", **kwargs: Any
+    ) -> Self:
+        """Allocation sized for ``model`` (a ``PreTrainedModel`` or its ``PretrainedConfig``).
+
+        The layer count is ``config.get_text_config(decoder=True).num_hidden_layers``. ``base_model`` (and
+        ``base_model_revision`` when the config records a commit hash) are filled in when the model's
+        ``name_or_path`` is a Hub repo id. Remaining ``kwargs`` go to :meth:`uniform` or :meth:`pyramid`.
+        """
+        config = getattr(model, "config", model)
+        name = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
+        text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        num_layers = getattr(text_config, "num_hidden_layers", None)
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(
+                f"Cannot read the number of decoder layers from {type(model).__name__}: expected a positive "
+                f"`num_hidden_layers` on its (text) config, got {num_layers!r}. Pass a model or config, or use "
+                "BudgetAllocation.uniform(num_layers, mean_budget)."
+            )
+        if isinstance(name, str) and looks_like_repo_id(name):
+            kwargs.setdefault("base_model", name)
+            commit = getattr(config, "_commit_hash", None)
+            if isinstance(commit, str) and commit:
+                kwargs.setdefault("base_model_revision", commit)
+        if kind == "uniform":
+            return cls.uniform(num_layers, mean_budget, **kwargs)
+        if kind == "pyramid":
+            return cls.pyramid(num_layers, mean_budget, **kwargs)
+        raise ValueError(f"kind must be 'uniform' or 'pyramid', got {kind!r}.")
+
+    # -- arithmetic ------------------------------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        """Total number of KV tokens kept over all layers."""
+        return sum(self.budgets)
+
+    @property
+    def mean(self) -> float:
+        """Mean budget per layer."""
+        return self.total / self.num_layers
+
+    def rescale(self, mean_budget: float, *, floor: int | None = None, cap: int | None = None) -> Self:
+        """Rescale proportionally to ``mean_budget`` tokens per layer (EvolKV's budget completion/expansion).
+
+        The new total is exactly ``round(mean_budget * num_layers)`` (halves rounded up). Each layer gets
+        ``b_i * T / sum(b)``, clamped to ``[floor, cap]`` with the excess redistributed proportionally among
+        the other layers, then rounded by largest remainder. Order is preserved (a larger budget never ends
+        up smaller), and an allocation already at the target within the bounds is returned unchanged.
+
+        Parameters
+        ----------
+        mean_budget : float
+            Target mean tokens per layer.
+        floor : int, optional
+            Minimum per-layer budget. Default: ``min(window_size, total // num_layers)``, i.e. the window size
+            unless the target is too small for it. An explicit floor is strict.
+        cap : int, optional
+            Maximum per-layer budget (e.g. the context length); default none.
+
+        Returns
+        -------
+        BudgetAllocation
+            A new allocation; provenance kept, ``target_mean_budget`` set to ``mean_budget``.
+
+        Raises
+        ------
+        ValueError
+            If the target is infeasible: below ``floor`` or above ``cap`` on average, or under 1 token per layer.
+        """
+        total = target_total(mean_budget, self.num_layers)
+        floor_value = resolve_floor(floor, self.window_size, total, self.num_layers)
+        budgets = distribute(self.budgets, total, floor=floor_value, cap=cap)
+        return dataclasses.replace(self, budgets=budgets, target_mean_budget=float(mean_budget))
+
+    def compression_ratio(self, context_length: int) -> float:
+        """Fraction of the prompt's KV cache evicted for a ``context_length``-token prompt (kvpress convention).
+
+        ``1 - sum(min(b_i, n)) / (L * n)``: 0 means nothing evicted; layers whose budget exceeds the prompt
+        keep all of it.
+        """
+        n = check_positive_int("context_length", context_length)
+        kept = sum(min(budget, n) for budget in self.budgets)
+        return float(1 - Fraction(kept, self.num_layers * n))
+
+    def validate_for(self, num_layers: int) -> None:
+        """Raise ``ValueError`` unless this allocation has exactly ``num_layers`` budgets (one per layer)."""
+        num_layers = check_positive_int("num_layers", num_layers)
+        if num_layers != self.num_layers:
+            raise ValueError(
+                f"This allocation has {self.num_layers} per-layer budgets but the model has {num_layers} decoder "
+                f"layers. Use an allocation made for this model, e.g. BudgetAllocation.for_model(model, "
+                f"mean_budget={self.mean:g}), or one searched on it."
+            )
+
+    # -- serialisation ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (``format_version`` first); a deep copy."""
+        data: dict[str, Any] = {"format_version": self.format_version}
+        for f in dataclasses.fields(self):
+            if f.name != "format_version":
+                data[f.name] = json.loads(json.dumps(getattr(self, f.name)))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build an allocation from :meth:`to_dict` output, validating it.
+
+        Unknown keys (written by a newer release) are dropped with a ``UserWarning``. Missing provenance
+        (``created_at``, ``package_versions``) stays empty rather than being filled with today's values.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"An allocation must be a dict of fields, got {type(data).__name__}.")
+        if "format_version" not in data:
+            raise ValueError("Missing 'format_version': this is not an evolkv_hf allocation.")
+        if "budgets" not in data:
+            raise ValueError("Missing 'budgets': an allocation needs one budget per decoder layer.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            warnings.warn(
+                f"Ignoring unknown allocation fields {unknown} (format version {data['format_version']!r}); they "
+                "were probably written by a newer evolkv_hf. Upgrade with `pip install -U evolkv-hf` to keep them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        kwargs = {key: value for key, value in data.items() if key in names}
+        kwargs.setdefault("created_at", None)
+        kwargs.setdefault("package_versions", {})
+        return cls(**kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write ``budgets.png`` (when matplotlib is installed) and ``allocation.json`` atomically."""
+        plot_path = save_directory / PLOT_FILE
+        if importlib.util.find_spec("matplotlib") is not None:
+            buffer = io.BytesIO()
+            self.plot().savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+            atomic_write(plot_path, buffer.getvalue())
+        else:
+            plot_path.unlink(missing_ok=True)  # never leave the chart of a previous allocation behind
+        payload = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        atomic_write(save_directory / ALLOCATION_FILE, payload.encode("utf-8"))
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        config: Any = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Save ``allocation.json``, ``README.md`` (model card) and ``budgets.png`` into ``save_directory``.
+
+        Files are written atomically. Saving the same allocation again is allowed; a directory that holds a
+        *different* allocation (or a foreign ``README.md``/``budgets.png``) is refused unless ``overwrite``.
+
+        Parameters
+        ----------
+        save_directory : str or Path
+            Directory to write to (created if needed).
+        overwrite : bool, default False
+            Replace another allocation saved there.
+        config : None
+            Not supported (everything lives in ``allocation.json``); kept for ``ModelHubMixin`` compatibility.
+        repo_id : str, optional
+            Repo id shown in the model card and, with ``push_to_hub=True``, pushed to (default: folder name).
+        push_to_hub : bool, default False
+            Also push to the Hub; see :meth:`push_to_hub` (extra kwargs go there). The local save is done first
+            and stays intact if the push fails.
+        model_card_kwargs : dict, optional
+            Passed to :meth:`generate_model_card`.
+
+        Returns
+        -------
+        str or None
+            The commit URL when pushed, else None.
+
+        Raises
+        ------
+        FileExistsError
+            ``save_directory`` holds a different allocation and ``overwrite`` is False.
+        """
+        if config is not None:
+            raise TypeError(
+                "BudgetAllocation.save_pretrained does not take `config`: allocation.json holds everything."
+            )
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{directory} exists and is not a directory.")
+        if not overwrite:
+            self._check_no_conflict(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_pretrained(directory)
+        card_kwargs = dict(model_card_kwargs or {})
+        card_kwargs.setdefault("repo_id", repo_id)
+        card_kwargs.setdefault("has_plot", (directory / PLOT_FILE).is_file())
+        atomic_write(directory / _CARD_FILE, str(self.generate_model_card(**card_kwargs)).encode("utf-8"))
+        if push_to_hub:
+            return self.push_to_hub(
+                repo_id or directory.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
+            )
+        return None
+
+    def _check_no_conflict(self, directory: Path) -> None:
+        if not directory.is_dir():
+            return
+        existing = directory / ALLOCATION_FILE
+        if existing.exists():
+            try:
+                same = json.loads(existing.read_text(encoding="utf-8")) == self.to_dict()
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                same = False
+            if not same:
+                raise FileExistsError(
+                    f"{directory} already contains a different allocation ({ALLOCATION_FILE}). Pass "
+                    "overwrite=True to replace it, or choose another directory."
+                )
+            return
+        foreign = [name for name in _OWN_FILES if (directory / name).exists()]
+        if foreign:
+            raise FileExistsError(
+                f"{directory} already contains {', '.join(foreign)} not written for an allocation. Pass "
+                "overwrite=True to replace them, or choose another directory."
+            )
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """Model card with YAML metadata (library_name, tags, base_model), scores, budgets and usage.
+
+        Keyword arguments: ``repo_id`` (shown in the usage snippet) and ``has_plot`` (embed ``budgets.png``).
+        """
+        if args:
+            raise TypeError("generate_model_card takes keyword arguments only (repo_id=..., has_plot=...).")
+        unknown = set(kwargs) - {"repo_id", "has_plot"}
+        if unknown:
+            raise TypeError(f"Unexpected model card arguments: {sorted(unknown)}.")
+        return render_model_card(
+            self,
+            card_data=self._hub_mixin_info.model_card_data,
+            repo_id=kwargs.get("repo_id"),
+            has_plot=bool(kwargs.get("has_plot", False)),
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        **model_kwargs: Any,
+    ) -> Self:
+        """Load an allocation from a local directory or a Hub repo (``allocation.json`` only; never pickle).
+
+        Parameters
+        ----------
+        pretrained_model_name_or_path : str or Path
+            Directory written by :meth:`save_pretrained`, or a Hub repo id.
+        force_download, token, cache_dir, local_files_only, revision
+            As in :func:`huggingface_hub.hf_hub_download`.
+        endpoint : str, optional
+            Hub endpoint (default: ``HF_ENDPOINT`` / huggingface.co).
+
+        Raises
+        ------
+        FileNotFoundError
+            No ``allocation.json`` in the directory / repo (or not cached when offline).
+        ValueError, TypeError
+            Neither a directory nor a valid repo id; corrupt JSON; a newer format version; invalid fields.
+        """
+        if model_kwargs:
+            raise TypeError(
+                f"Unexpected arguments to BudgetAllocation.from_pretrained: {sorted(model_kwargs)}."
+            )
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            endpoint=endpoint,
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        endpoint: str | None = None,
+        **model_kwargs: Any,
+    ) -> Self:
+        path = locate_allocation_file(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            endpoint=endpoint,
+        )
+        data = read_json_file(path)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"Invalid allocation file {path}: {err}") from err
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        config: Any = None,
+        commit_message: str = "Upload EvolKV budget allocation",
+        private: bool | None = None,
+        token: str | None = None,
+        branch: str | None = None,
+        create_pr: bool | None = None,
+        allow_patterns: list[str] | str | None = None,
+        ignore_patterns: list[str] | str | None = None,
+        delete_patterns: list[str] | str | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> str:
+        """Create ``repo_id`` if needed and upload ``allocation.json``, ``README.md``, ``budgets.png`` in one commit.
+
+        The files are written to a temporary directory first, so no local directory is touched.
+        Arguments are those of ``ModelHubMixin.push_to_hub`` plus ``endpoint`` (default ``HF_ENDPOINT``).
+
+        Returns
+        -------
+        str
+            URL of the commit.
+
+        Raises
+        ------
+        AllocationPushError
+            The Hub could not be reached or refused the repo creation or commit (the cause is chained).
+        """
+        api = HfApi(endpoint=endpoint, token=token)
+        with tempfile.TemporaryDirectory(prefix="evolkv-allocation-") as tmp:
+            folder = Path(tmp) / "allocation"
+            card_kwargs = {**(model_card_kwargs or {}), "repo_id": repo_id}
+            self.save_pretrained(folder, config=config, model_card_kwargs=card_kwargs)
+            try:
+                repo_url = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+                commit = api.upload_folder(
+                    repo_id=repo_url.repo_id,
+                    repo_type="model",
+                    folder_path=folder,
+                    commit_message=commit_message,
+                    revision=branch,
+                    create_pr=create_pr,
+                    allow_patterns=allow_patterns,
+                    ignore_patterns=ignore_patterns,
+                    delete_patterns=delete_patterns,
+                )
+            except Exception as err:  # any transport or HTTP failure becomes one clear error
+                raise AllocationPushError(
+                    f"Pushing the allocation to {repo_id!r} on {api.endpoint} failed: {type(err).__name__}: {err}. "
+                    "Nothing local was changed; check the repo id, your token (`hf auth login`) and your "
+                    "connection, then retry."
+                ) from err
+        return str(commit)
+
+    # -- plotting --------------------------------------------------------------------------------------------
+    def plot(self, *, title: str | None = None) -> Figure:
+        """Bar chart of the budget per layer, with the uniform (mean) budget as a dashed line.
+
+        Uses ``matplotlib.figure.Figure`` directly (no pyplot, no global backend change). Requires matplotlib.
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as err:
+            raise ImportError("BudgetAllocation.plot() needs matplotlib: `pip install matplotlib`.") from err
+        figure = Figure(figsize=(max(6.0, 0.22 * self.num_layers + 2.0), 3.5), layout="constrained")
+        axes = figure.add_subplot()
+        axes.bar(range(self.num_layers), self.budgets, color="#4C72B0", label="budget")
+        axes.axhline(
+            self.mean, color="#C44E52", linestyle="--", linewidth=1.2, label=f"uniform ({self.mean:.4g})"
+        )
+        axes.set_xlabel("decoder layer")
+        axes.set_ylabel("KV budget (tokens)")
+        axes.set_xlim(-0.6, self.num_layers - 0.4)
+        default_title = (
+            f"Per-layer KV budgets, {self.base_model}" if self.base_model else "Per-layer KV budgets"
+        )
+        axes.set_title(title or default_title)
+        axes.legend(loc="upper right", frameon=False)
+        return figure
