@@ -90,15 +90,21 @@ def test_padded_row_gives_same_tokens_as_alone():
     for row in range(2):
         start = int((batch["attention_mask"][row] == 0).sum())
         alone = {k: v[row : row + 1, start:] for k, v in batch.items()}
-        single = greedy(model, alone, past_key_values=EvolKVCache(model, [12, 20, 16], window_size=4), max_new_tokens=NEW)
+        single = greedy(
+            model, alone, past_key_values=EvolKVCache(model, [12, 20, 16], window_size=4), max_new_tokens=NEW
+        )
         assert together.sequences[row, PROMPT:].tolist() == single.sequences[0, PROMPT - start :].tolist()
 
 
 def test_cache_keyword_and_direct_forward():
     model = tiny_model("llama")
     inputs = random_batch(1, PROMPT)
-    by_old_name = greedy(model, inputs, past_key_values=EvolKVCache(model, 10, window_size=4), max_new_tokens=NEW)
-    by_new_name = greedy(model, inputs, **{CACHE_KWARG: EvolKVCache(model, 10, window_size=4)}, max_new_tokens=NEW)
+    by_old_name = greedy(
+        model, inputs, past_key_values=EvolKVCache(model, 10, window_size=4), max_new_tokens=NEW
+    )
+    by_new_name = greedy(
+        model, inputs, **{CACHE_KWARG: EvolKVCache(model, 10, window_size=4)}, max_new_tokens=NEW
+    )
     assert torch.equal(by_old_name.sequences, by_new_name.sequences)
     # Direct calls: prefill then one decoding step, positions from the cache's true length.
     cache = EvolKVCache(model, 10, window_size=4)
@@ -115,7 +121,7 @@ def test_window_queries_equal_the_queries_the_attention_receives():
         model = tiny_model(family, num_layers=2)
         captured_inputs, captured_queries = {}, {}
 
-        def probe(module, query, key, value, attention_mask, **kwargs):
+        def probe(module, query, key, value, attention_mask, captured_queries=captured_queries, **kwargs):
             captured_queries[module.layer_idx] = query.detach().clone()
             own_eager = sys.modules[type(module).__module__].eager_attention_forward
             return own_eager(module, query, key, value, attention_mask, **kwargs)
@@ -126,7 +132,8 @@ def test_window_queries_equal_the_queries_the_attention_receives():
         modules = find_attention_modules(model)
         handles = [
             module.register_forward_pre_hook(
-                lambda m, a, kw: captured_inputs.__setitem__(m.layer_idx, kw), with_kwargs=True
+                lambda m, a, kw, captured=captured_inputs: captured.__setitem__(m.layer_idx, kw),
+                with_kwargs=True,
             )
             for module in modules.values()
         ]
@@ -173,7 +180,9 @@ def test_stored_lengths_memory_and_no_full_length_tensor():
     assert cache.stored_lengths() == expected
     assert cache.get_seq_length() == PROMPT + NEW - 1
     head_dim, kv_heads, batch, itemsize = 16, 2, 3, 4
-    assert cache.memory_bytes() == sum(s * kv_heads * (head_dim + head_dim) * itemsize * batch for s in expected)
+    assert cache.memory_bytes() == sum(
+        s * kv_heads * (head_dim + head_dim) * itemsize * batch for s in expected
+    )
     for layer in cache.layers:
         assert layer.pending is None
         for tensor in (layer.keys, layer.values):
@@ -187,7 +196,9 @@ def test_beam_search_matches_oracle():
     ours = greedy(model, inputs, past_key_values=cache, max_new_tokens=NEW, num_beams=3)
     reference_model = tiny_model("llama")
     EvictionOracle.from_cache(cache, PROMPT).install(reference_model)
-    reference = greedy(reference_model, inputs, past_key_values=DynamicCache(), max_new_tokens=NEW, num_beams=3)
+    reference = greedy(
+        reference_model, inputs, past_key_values=DynamicCache(), max_new_tokens=NEW, num_beams=3
+    )
     assert torch.equal(ours.sequences, reference.sequences)
 
 
@@ -221,7 +232,11 @@ def test_crop_and_assisted_decoding():
     plain = greedy(model, inputs, past_key_values=EvolKVCache(model, 64), max_new_tokens=10)
     assisted_cache = EvolKVCache(model, 64)
     assisted = model.generate(
-        **inputs, past_key_values=assisted_cache, max_new_tokens=10, do_sample=False, prompt_lookup_num_tokens=3
+        **inputs,
+        past_key_values=assisted_cache,
+        max_new_tokens=10,
+        do_sample=False,
+        prompt_lookup_num_tokens=3,
     )
     assert torch.equal(plain.sequences, assisted)
     assert assisted_cache.get_seq_length() == PROMPT + 9
@@ -254,7 +269,12 @@ def test_reset_makes_the_cache_reusable():
     cache.reset()
     assert cache.get_seq_length() == 0 and cache.memory_bytes() == 0
     reused = greedy(model, second_inputs, past_key_values=cache, max_new_tokens=NEW)
-    fresh = greedy(model, second_inputs, past_key_values=EvolKVCache(model, [9, 17, 12], window_size=4), max_new_tokens=NEW)
+    fresh = greedy(
+        model,
+        second_inputs,
+        past_key_values=EvolKVCache(model, [9, 17, 12], window_size=4),
+        max_new_tokens=NEW,
+    )
     assert torch.equal(reused.sequences, fresh.sequences)
 
 
@@ -320,28 +340,50 @@ class TestClearErrors:
     def test_use_cache_false(self):
         model = tiny_model("llama")
         with pytest.raises(ValueError, match="use_cache=False"):
-            model.generate(**random_batch(1, 20), past_key_values=EvolKVCache(model, 8), use_cache=False, max_new_tokens=2)
+            model.generate(
+                **random_batch(1, 20),
+                past_key_values=EvolKVCache(model, 8),
+                use_cache=False,
+                max_new_tokens=2,
+            )
 
     def test_chunked_prefill(self):
         model = tiny_model("llama")
         cache = EvolKVCache(model, 8)
         with pytest.raises(ValueError, match="chunked prefill"):
-            model.generate(**random_batch(1, 20), past_key_values=cache, prefill_chunk_size=8, max_new_tokens=2)
+            model.generate(
+                **random_batch(1, 20), past_key_values=cache, prefill_chunk_size=8, max_new_tokens=2
+            )
         assert cache.get_seq_length() == 0
 
     def test_custom_4d_mask(self):
         model = tiny_model("llama")
         mask = torch.ones(1, 1, 20, 20)
         with pytest.raises(ValueError, match="2D padding"):
-            model(input_ids=random_batch(1, 20)["input_ids"], attention_mask=mask, **{CACHE_KWARG: EvolKVCache(model, 8)})
+            model(
+                input_ids=random_batch(1, 20)["input_ids"],
+                attention_mask=mask,
+                **{CACHE_KWARG: EvolKVCache(model, 8)},
+            )
 
     def test_multi_latent_attention(self):
         from transformers import AutoModelForCausalLM, DeepseekV2Config
 
         config = DeepseekV2Config(
-            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8,
-            v_head_dim=8, n_routed_experts=2, num_experts_per_tok=1, first_k_dense_replace=2,
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=8,
+            n_routed_experts=2,
+            num_experts_per_tok=1,
+            first_k_dense_replace=2,
         )
         model = AutoModelForCausalLM.from_config(config)
         with pytest.raises(ValueError, match="deepseek_v2"):

@@ -7,6 +7,7 @@ Greedy generation through it must match generation with the compressed cache.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from transformers import (
     Gemma2Config,
     Gemma3TextConfig,
     LlamaConfig,
+    LlamaForCausalLM,
     MistralConfig,
     Phi3Config,
     PreTrainedModel,
@@ -25,12 +27,10 @@ from transformers import (
 )
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
-import inspect
-
-from transformers import LlamaForCausalLM
-
 # transformers 5.24 renamed the `past_key_values` keyword of models and generate to `cache`.
-CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+CACHE_KWARG = (
+    "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+)
 
 VOCAB = 96
 COMMON = dict(
@@ -87,7 +87,9 @@ def tiny_config(family: str, num_layers: int = 3, attn: str = "sdpa") -> Any:
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 
 
-def tiny_model(family: str = "llama", num_layers: int = 3, attn: str = "sdpa", seed: int = 0) -> PreTrainedModel:
+def tiny_model(
+    family: str = "llama", num_layers: int = 3, attn: str = "sdpa", seed: int = 0
+) -> PreTrainedModel:
     if family == "gemma2" and attn == "sdpa":
         attn = "eager"  # Gemma2's logit softcap has no sdpa path in transformers
     torch.manual_seed(seed)
@@ -185,4 +187,4 @@ def greedy(model: PreTrainedModel, inputs: dict[str, torch.Tensor], **kwargs: An
 
 
 def max_logit_diff(first: Any, second: Any) -> float:
-    return max(float((a - b).abs().max()) for a, b in zip(first.logits, second.logits))
+    return max(float((a - b).abs().max()) for a, b in zip(first.logits, second.logits, strict=True))

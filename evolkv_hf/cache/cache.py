@@ -99,7 +99,7 @@ class EvolKVCache(Cache):
         compressed_type = "full_attention" if "full_attention" in layer_types else "sliding_attention"
         layers: list[Any] = []
         self._mask_kinds: dict[int, str] = {}
-        for index, (kind, kwargs) in enumerate(zip(layer_types, layer_kwargs)):
+        for index, (kind, kwargs) in enumerate(zip(layer_types, layer_kwargs, strict=False)):
             if kind == compressed_type:
                 layers.append(EvolKVLayer(self.budgets[index], self.options))
                 self._mask_kinds[index] = "full" if kind == "full_attention" else "sliding"
@@ -109,7 +109,9 @@ class EvolKVCache(Cache):
                 # Layers without attention (transformers >= 5.23 names them "dummy").
                 layers.append(cache_utils.DummyLayer())
         if not self._mask_kinds:
-            raise ValueError(f"EvolKVCache found no attention layer to compress in model type {model_type!r}.")
+            raise ValueError(
+                f"EvolKVCache found no attention layer to compress in model type {model_type!r}."
+            )
         super().__init__(layers=layers)
         attach_hooks(model, model_type, sorted(self._mask_kinds))
         self._forward_mask: torch.Tensor | None = None
@@ -174,10 +176,11 @@ class EvolKVCache(Cache):
         for layer in self.layers:
             if isinstance(layer, EvolKVLayer):
                 lengths.append(layer.stored_length)
-            elif getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
-                lengths.append(int(layer.keys.shape[-2]))
             else:
-                lengths.append(0)
+                keys = getattr(layer, "keys", None)
+                lengths.append(
+                    int(keys.shape[-2]) if isinstance(keys, torch.Tensor) and keys.numel() > 0 else 0
+                )
         return lengths
 
     def kept_positions(self, layer_idx: int) -> torch.Tensor | None:

@@ -71,12 +71,15 @@ def find_attention_modules(model: nn.Module) -> dict[int, nn.Module]:
         attention = getattr(layer, "self_attn", None)
         if not isinstance(attention, nn.Module):
             candidates = [
-                m for m in layer.children() if hasattr(m, "layer_idx") and type(m).__name__.endswith("Attention")
+                m
+                for m in layer.children()
+                if hasattr(m, "layer_idx") and type(m).__name__.endswith("Attention")
             ]
             attention = candidates[0] if len(candidates) == 1 else None
-        if attention is None or not isinstance(getattr(attention, "layer_idx", None), int):
+        layer_idx = getattr(attention, "layer_idx", None)
+        if attention is None or not isinstance(layer_idx, int):
             continue
-        modules[attention.layer_idx] = attention
+        modules[layer_idx] = attention
     return modules
 
 
@@ -102,9 +105,7 @@ def attach_hooks(model: PreTrainedModel, model_type: str, layer_indices: list[in
             )
         recipes[index] = QueryRecipe.for_module(module, model_type)
     hooks = ModelHooks(attention_modules=attention_modules, recipes=recipes)
-    hooks.handles.append(
-        decoder_module(model).register_forward_pre_hook(_decoder_pre_hook, with_kwargs=True)
-    )
+    hooks.handles.append(decoder_module(model).register_forward_pre_hook(_decoder_pre_hook, with_kwargs=True))
     for index, module in attention_modules.items():
         if index in recipes:
             hooks.handles.append(
@@ -238,7 +239,9 @@ def mask_function_for(kind: str) -> tuple[Callable[..., Any], str]:
     from transformers import masking_utils
 
     builder = (
-        masking_utils.create_sliding_window_causal_mask if kind == "sliding" else masking_utils.create_causal_mask
+        masking_utils.create_sliding_window_causal_mask
+        if kind == "sliding"
+        else masking_utils.create_causal_mask
     )
     parameters = inspect.signature(builder).parameters
     cache_kwarg = "cache" if "cache" in parameters else "past_key_values"

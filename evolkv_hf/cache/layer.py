@@ -84,6 +84,8 @@ class EvolKVLayer(DynamicLayer):
                 self.contiguous_tail = length
             # The prefill attends to the whole prompt.
             return key_states, value_states
+        if self.keys is None or self.values is None:  # pragma: no cover - set by the prefill above
+            raise RuntimeError("EvolKVLayer lost its keys/values; call reset() before reusing the cache.")
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
         self.seen += length
@@ -115,7 +117,7 @@ class EvolKVLayer(DynamicLayer):
                 f"EvolKVCache.crop takes a negative number of tokens to remove, got {tokens_to_remove}."
             )
         count = -tokens_to_remove
-        if count == 0 or not self.is_initialized or self.keys is None:
+        if count == 0 or not self.is_initialized or self.keys is None or self.values is None:
             return
         if count > self.contiguous_tail:
             raise ValueError(
@@ -169,7 +171,9 @@ class EvolKVLayer(DynamicLayer):
             base = self.prefill_positions
         if stored <= base.shape[-1]:
             return base[..., :stored]
-        appended = torch.arange(self.prefill_length, self.prefill_length + stored - base.shape[-1], device=device)
+        appended = torch.arange(
+            self.prefill_length, self.prefill_length + stored - base.shape[-1], device=device
+        )
         return torch.cat([base, appended.expand(batch, heads, -1)], dim=-1)
 
     def memory_bytes(self) -> int:
@@ -238,7 +242,9 @@ class EvolKVLayer(DynamicLayer):
         self.prefill_length = seen
         self.prefill_positions = positions
         self.pending = None
-        self.contiguous_tail = min(self.options.window_size, keys.shape[-2]) if positions is not None else seen
+        self.contiguous_tail = (
+            min(self.options.window_size, keys.shape[-2]) if positions is not None else seen
+        )
 
 
 def _gather(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,9 @@ class ScoringOptions:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
         if self.gqa_aggregation not in GQA_AGGREGATIONS:
-            raise ValueError(f"gqa_aggregation must be one of {GQA_AGGREGATIONS}, got {self.gqa_aggregation!r}.")
+            raise ValueError(
+                f"gqa_aggregation must be one of {GQA_AGGREGATIONS}, got {self.gqa_aggregation!r}."
+            )
         for name in ("window_size", "kernel_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

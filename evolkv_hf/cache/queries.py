@@ -70,14 +70,14 @@ def window_queries(
     batch, length = states.shape[:2]
     with torch.no_grad():
         if recipe.fused_qkv:
-            fused = module.qkv_proj(states)
+            fused = _call(module, "qkv_proj", states)
             num_heads = getattr(module.config, "num_attention_heads", None)
             if num_heads is None:  # pragma: no cover - every fused-qkv family in transformers has it
                 raise ValueError("Fused qkv projection without `config.num_attention_heads`.")
             # Phi3 computes the query width the same way; tensor-parallel shards are not fused.
             projected = fused[..., : num_heads * recipe.head_dim]
         else:
-            projected = module.q_proj(states)
+            projected = _call(module, "q_proj", states)
         queries = projected.view(batch, length, -1, recipe.head_dim)
         q_norm = getattr(module, "q_norm", None)
         if isinstance(q_norm, nn.Module):
@@ -88,3 +88,9 @@ def window_queries(
             cos, sin = cos[:, -length:], sin[:, -length:]
             queries, _ = recipe.apply_rotary(queries, queries, cos, sin)
     return queries
+
+
+def _call(module: nn.Module, name: str, states: torch.Tensor) -> torch.Tensor:
+    projection = getattr(module, name)
+    output: torch.Tensor = projection(states)
+    return output

@@ -1,0 +1,181 @@
+"""Computing any metric: ``evaluate`` modules, combined modules, names or plain callables."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import evaluate
+
+from .registry import load_metric
+
+MetricLike: TypeAlias = (
+    str
+    | evaluate.EvaluationModule
+    | evaluate.CombinedEvaluations
+    | Callable[[list[str], list[list[str]]], Mapping[str, float]]
+)
+"""A metric name of :data:`~evolkv_hf.metrics.METRICS`, an ``evaluate`` module, the result of
+``evaluate.combine``, or a callable ``(predictions, references) -> {name: score}``."""
+
+
+def _normalize_inputs(
+    predictions: Sequence[str], references: Sequence[Sequence[str] | str]
+) -> tuple[list[str], list[list[str]]]:
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise ValueError("predictions and references must be sequences (one item per sample), not a string")
+    predictions = list(predictions)
+    references = list(references)
+    if len(predictions) != len(references):
+        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("No predictions to score")
+    normalized: list[list[str]] = []
+    for i, (prediction, refs) in enumerate(zip(predictions, references, strict=True)):
+        if not isinstance(prediction, str):
+            raise ValueError(f"prediction {i} must be a string, got {type(prediction).__name__}")
+        refs_list = [refs] if isinstance(refs, str) else list(refs)
+        if not refs_list or not all(isinstance(r, str) for r in refs_list):
+            raise ValueError(
+                f"references {i} must be a string or a non-empty list of strings, got {refs!r:.80}"
+            )
+        normalized.append(refs_list)
+    return predictions, normalized
+
+
+def _check_result(result: Any, metric: Any) -> dict[str, float]:
+    label = getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
+    if result is None:
+        raise TypeError(
+            f"Metric {label!r} returned None (an evaluate module returns None on processes other than "
+            "process_id 0); expected a dict of scores."
+        )
+    if not isinstance(result, Mapping):
+        raise TypeError(
+            f"Metric {label!r} must return a mapping {{name: score}}, got {type(result).__name__}"
+        )
+    scores: dict[str, float] = {}
+    for key, value in result.items():
+        if not isinstance(key, str):
+            raise TypeError(f"Metric {label!r} returned a non-string key {key!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"Metric {label!r} returned {type(value).__name__} for {key!r}; scores must be real numbers"
+            )
+        scores[key] = float(value)
+    if not scores:
+        raise TypeError(f"Metric {label!r} returned an empty dict")
+    return scores
+
+
+def _resolve(metric: MetricLike) -> Any:
+    if isinstance(metric, str):
+        return load_metric(metric)
+    if isinstance(metric, (evaluate.EvaluationModule, evaluate.CombinedEvaluations)) or callable(metric):
+        return metric
+    raise TypeError(
+        "metric must be a metric name, an evaluate.EvaluationModule, an evaluate.CombinedEvaluations or a "
+        f"callable (predictions, references) -> dict, got {type(metric).__name__}"
+    )
+
+
+def compute_metric(
+    metric: MetricLike,
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str] | str],
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Score predictions with any kind of metric and return ``{name: float}``.
+
+    Parameters
+    ----------
+    metric
+        See :data:`MetricLike`.
+    predictions
+        One string per sample.
+    references
+        Accepted answers per sample: a list of strings (or a single string).
+    **kwargs
+        Passed to ``compute`` (or to the callable).
+
+    Returns
+    -------
+    dict of str to float
+
+    Raises
+    ------
+    ValueError
+        For mismatched or empty inputs.
+    TypeError
+        If the metric is of an unsupported kind or does not return a mapping of real numbers.
+
+    Examples
+    --------
+    >>> import evaluate
+    >>> combined = evaluate.combine([load_metric("qa_f1"), load_metric("exact_match")])
+    >>> compute_metric(combined, ["the Normans"], [["Normans"]])
+    {'qa_f1': 100.0, 'exact_match': 100.0}
+    >>> compute_metric(lambda p, r: {"chars": sum(map(len, p))}, ["abc"], ["x"])
+    {'chars': 3.0}
+    """
+    module = _resolve(metric)
+    predictions, refs = _normalize_inputs(predictions, references)
+    if isinstance(module, (evaluate.EvaluationModule, evaluate.CombinedEvaluations)):
+        result = module.compute(predictions=predictions, references=refs, **kwargs)
+    else:
+        result = module(predictions, refs, **kwargs)
+    return _check_result(result, module)
+
+
+def per_sample_scores(
+    metric: MetricLike,
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str] | str],
+    *,
+    key: str | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    """Score of each sample (for bootstrap intervals), by scoring each sample alone.
+
+    Built-in metrics score all samples in one pass (``score_samples``), with the same values.
+
+    Parameters
+    ----------
+    metric
+        See :data:`MetricLike`.
+    predictions, references
+        As in :func:`compute_metric`.
+    key
+        Which score to keep when the metric returns several (required then).
+    **kwargs
+        Passed to the metric.
+
+    Returns
+    -------
+    list of float
+
+    Examples
+    --------
+    >>> per_sample_scores("string_match_all", ["12 34", "12"], [["12", "34"], ["12", "34"]])
+    [100.0, 50.0]
+    """
+    module = _resolve(metric)
+    predictions, refs = _normalize_inputs(predictions, references)
+    score_samples = getattr(module, "score_samples", None)
+    if callable(score_samples) and key in (None, getattr(module, "name", None)):
+        return [float(s) for s in score_samples(predictions, refs, **kwargs)]
+    scores = []
+    for prediction, sample_refs in zip(predictions, refs, strict=True):
+        result = compute_metric(module, [prediction], [sample_refs], **kwargs)
+        if key is None:
+            if len(result) != 1:
+                raise ValueError(
+                    f"The metric returns several scores {sorted(result)}; pass key= to choose one"
+                )
+            scores.append(next(iter(result.values())))
+        elif key in result:
+            scores.append(result[key])
+        else:
+            raise ValueError(f"key {key!r} is not among the metric's scores {sorted(result)}")
+    return scores

@@ -1,0 +1,180 @@
+"""``SearchArguments``: the settings of a budget search, usable with ``HfArgumentParser``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CONSTRAINTS = ("penalty", "project")
+GROUP_ORDERS = ("bottom_up", "top_down")
+SAVE_STRATEGIES = ("generation", "group", "no")
+ENGINES = ("prefill_once", "plain")
+
+
+def default_population_size(group_size: int) -> int:
+    """CMA-ES's default population, ``4 + floor(3 ln n)`` (10 for groups of 8)."""
+    return 4 + math.floor(3 * math.log(max(group_size, 1)))
+
+
+@dataclass
+class SearchArguments:
+    """Settings of an EvolKV budget search (group-wise CMA-ES over per-layer budgets).
+
+    Example
+    -------
+    >>> args = SearchArguments(output_dir="runs/smollm2-c128", target_budget=128, generations_per_group=15)
+    >>> args.population_size
+    10
+    """
+
+    output_dir: str = field(
+        metadata={"help": "Where checkpoints, logs and the final allocation are written."}
+    )
+    target_budget: float = field(
+        default=128,
+        metadata={"help": "Target mean tokens per layer (c); the final allocation has exactly c*L."},
+    )
+    group_size: int = field(default=8, metadata={"help": "Layers optimised together by one CMA-ES (n_g)."})
+    population_size: int | None = field(
+        default=None, metadata={"help": "Candidates per generation (default 4 + floor(3 ln group_size))."}
+    )
+    generations_per_group: int = field(default=15, metadata={"help": "CMA-ES generations per group."})
+    sigma0: float = field(default=0.3, metadata={"help": "Initial CMA-ES step size, in units of c."})
+    cache_score_lambda: float = field(
+        default=0.3,
+        metadata={"help": "Weight lambda of the CacheScore in F = f * (1 + lambda * CacheScore)."},
+    )
+    cache_score_gamma: float = field(
+        default=0.2, metadata={"help": "Penalty slope gamma for schemes below the target mean."}
+    )
+    constraint: str = field(
+        default="penalty",
+        metadata={
+            "help": "'penalty': the paper's soft CacheScore; 'project': rescale every candidate to the exact "
+            "target mean before evaluating it.",
+            "choices": list(CONSTRAINTS),
+        },
+    )
+    min_budget: int | None = field(
+        default=None, metadata={"help": "Smallest per-layer budget (default: window_size)."}
+    )
+    max_budget: int | None = field(
+        default=None, metadata={"help": "Largest per-layer budget (default: 4 * target_budget)."}
+    )
+    window_size: int = field(default=32, metadata={"help": "Observation window of the SnapKV selector."})
+    kernel_size: int = field(default=7, metadata={"help": "Pooling kernel of the SnapKV selector."})
+    pooling: str = field(
+        default="avg", metadata={"help": "'avg' or 'max' pooling.", "choices": ["avg", "max"]}
+    )
+    group_order: str = field(
+        default="bottom_up",
+        metadata={"help": "Order in which layer groups are optimised.", "choices": list(GROUP_ORDERS)},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the optimiser (the search is deterministic)."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Samples decoded together per candidate."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Cap on generated tokens (default: each sample's max_new_tokens)."}
+    )
+    engine: str = field(
+        default="prefill_once",
+        metadata={
+            "help": "'prefill_once': prefill each sample once and evaluate candidates by gathering and batched "
+            "decoding; 'plain': run generate with a fresh EvolKVCache per candidate.",
+            "choices": list(ENGINES),
+        },
+    )
+    engine_storage_device: str | None = field(
+        default=None, metadata={"help": "Device holding the prefilled K/V of the prefill-once engine."}
+    )
+    engine_max_storage_gb: float = field(
+        default=8.0,
+        metadata={"help": "Memory cap (GiB) for stored prefills; samples beyond it are recomputed."},
+    )
+    save_strategy: str = field(
+        default="generation",
+        metadata={"help": "When to write a checkpoint.", "choices": list(SAVE_STRATEGIES)},
+    )
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints (oldest deleted first)."}
+    )
+    logging_steps: int = field(default=1, metadata={"help": "Log every this many generations."})
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Integrations to report to ('tensorboard', 'wandb'), when installed."},
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the final allocation to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for push_to_hub."})
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "Key of the metric dict used as f(S) (default: its only/first key)."}
+    )
+    greater_is_better: bool = field(default=True, metadata={"help": "Whether a larger metric is better."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow starting a new search in a non-empty output_dir."}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ValueError("output_dir must be a non-empty path.")
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to in ("none", "") else [self.report_to]
+        if self.population_size is None:
+            self.population_size = default_population_size(self.group_size)
+        if self.min_budget is None:
+            self.min_budget = self.window_size
+        if self.max_budget is None:
+            self.max_budget = max(math.ceil(4 * self.target_budget), self.min_budget)
+        _positive_int("group_size", self.group_size)
+        _positive_int("population_size", self.population_size, minimum=2)
+        _positive_int("generations_per_group", self.generations_per_group)
+        _positive_int("window_size", self.window_size)
+        _positive_int("kernel_size", self.kernel_size)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        _positive_int("min_budget", self.min_budget)
+        _positive_int("max_budget", self.max_budget)
+        _positive_int("logging_steps", self.logging_steps)
+        if self.max_new_tokens is not None:
+            _positive_int("max_new_tokens", self.max_new_tokens)
+        if self.save_total_limit is not None:
+            _positive_int("save_total_limit", self.save_total_limit)
+        if not self.target_budget > 0:
+            raise ValueError(f"target_budget must be positive, got {self.target_budget}.")
+        if self.target_budget < self.min_budget:
+            raise ValueError(
+                f"target_budget ({self.target_budget}) is below the per-layer floor min_budget ({self.min_budget}, "
+                "by default the window size): no allocation can reach it. Raise target_budget or lower min_budget "
+                "(and window_size)."
+            )
+        if self.max_budget < self.target_budget:
+            raise ValueError(
+                f"max_budget ({self.max_budget}) must be at least target_budget ({self.target_budget})."
+            )
+        if not self.sigma0 > 0:
+            raise ValueError(f"sigma0 must be positive, got {self.sigma0}.")
+        if self.cache_score_lambda < 0 or self.cache_score_gamma < 0:
+            raise ValueError("cache_score_lambda and cache_score_gamma must be non-negative.")
+        for name, value, choices in (
+            ("constraint", self.constraint, CONSTRAINTS),
+            ("group_order", self.group_order, GROUP_ORDERS),
+            ("save_strategy", self.save_strategy, SAVE_STRATEGIES),
+            ("engine", self.engine, ENGINES),
+            ("pooling", self.pooling, ("avg", "max")),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+        if self.engine == "prefill_once" and self.min_budget < self.window_size:
+            raise ValueError(
+                f"engine='prefill_once' needs min_budget >= window_size ({self.window_size}); use engine='plain' "
+                "for smaller budgets."
+            )
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub=True needs hub_model_id (e.g. 'user/model-evolkv-c128').")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

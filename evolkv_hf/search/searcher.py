@@ -1,0 +1,637 @@
+"""``BudgetSearcher``: learn per-layer KV budgets for a model, a dataset and a metric (EvolKV)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.metadata
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..allocation import BudgetAllocation
+from ..inference import EncodedSample, encode_samples, generate_answers
+from .arguments import SearchArguments
+from .callbacks import (
+    CallbackHandler,
+    JsonlLoggerCallback,
+    ProgressCallback,
+    SearchCallback,
+    SearchControl,
+    SearchState,
+    integration_callbacks,
+)
+from .checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
+from .engine import CacheOptions, FitnessEngine, PlainEngine, PrefillOnceEngine
+from .fitness import cache_score, combined_fitness
+from .strategy import GroupStrategy
+
+logger = logging.getLogger(__name__)
+
+ALLOCATION_DIR = "allocation"
+STATE_VERSION = 1
+
+
+@dataclass
+class SearchResult:
+    """What a search returns.
+
+    Attributes
+    ----------
+    allocation:
+        The best scheme, completed to exactly ``target_budget`` tokens per layer on average.
+    best_fitness:
+        Fitness F of the best (uncompleted) scheme.
+    best_score:
+        Its metric value f on the search samples.
+    history:
+        The log: one entry per evaluated candidate and per generation.
+    """
+
+    allocation: BudgetAllocation
+    best_fitness: float
+    best_score: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: str | None = None
+
+
+class BudgetSearcher:
+    """Learn an allocation of KV budgets with group-wise CMA-ES, the way a ``Trainer`` trains a model.
+
+    Parameters
+    ----------
+    model:
+        A decoder-only transformers model (frozen; only its cache is configured).
+    args:
+        :class:`SearchArguments`.
+    train_dataset:
+        The search samples: a ``datasets.Dataset`` (or list of dicts) with the task columns ``context``,
+        ``question``, ``answer_prefix``, ``answers``, ``max_new_tokens``.
+    eval_dataset:
+        Held-out samples for :meth:`evaluate` and the model card.
+    processing_class:
+        The tokenizer.
+    metric:
+        An ``evaluate`` module, a ``CombinedEvaluations``, a metric name of :mod:`evolkv_hf.metrics`, or a
+        callable ``(predictions, references) -> dict``; ``args.metric_for_best_model`` picks the key used
+        as the score f.
+    callbacks:
+        Extra :class:`SearchCallback` objects.
+
+    Example
+    -------
+    >>> args = SearchArguments(output_dir="runs/c128", target_budget=128, generations_per_group=4)
+    >>> searcher = BudgetSearcher(
+    ...     model, args, train, eval_dataset=held_out, processing_class=tokenizer, metric="edit_sim"
+    ... )  # doctest: +SKIP
+    >>> result = searcher.search()  # doctest: +SKIP
+    >>> cache = EvolKVCache(model, result.allocation)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        args: SearchArguments,
+        train_dataset: Any,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        metric: Any = None,
+        callbacks: Sequence[SearchCallback] | None = None,
+    ) -> None:
+        if not isinstance(args, SearchArguments):
+            raise TypeError(f"args must be a SearchArguments, got {type(args).__name__}.")
+        if processing_class is None:
+            raise ValueError("processing_class (the tokenizer) is required to build the prompts.")
+        self.model, self.args, self.tokenizer = model, args, processing_class
+        config = model.config.get_text_config(decoder=True)
+        self.num_layers = int(config.num_hidden_layers)
+        self.train_dataset = _validated(train_dataset, "train_dataset")
+        self.eval_dataset = _validated(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+        self.metric = _resolve_metric(metric, self.train_dataset)
+        self.metric_key = self._check_metric_key()
+        self.options = CacheOptions(
+            window_size=args.window_size, kernel_size=args.kernel_size, pooling=args.pooling, policy="snapkv"
+        )
+        self.train_samples = self._encode(self.train_dataset)
+        self.references = [list(sample["answers"]) for sample in self.train_dataset]
+        self.is_main_process, self.process_index, self.num_processes = _process_info()
+        handlers: list[SearchCallback] = []
+        if not args.disable_tqdm and self.is_main_process:
+            handlers.append(ProgressCallback())
+        if self.is_main_process:
+            handlers.append(JsonlLoggerCallback(Path(args.output_dir) / "search_log.jsonl"))
+            handlers.extend(integration_callbacks(args.report_to, args.output_dir))
+        handlers.extend(callbacks or [])
+        self.callback_handler = CallbackHandler(handlers)
+        self.control = SearchControl()
+        self.state = SearchState()
+        self._fitness_cache: dict[str, dict[str, Any]] = {}
+        self._engine: FitnessEngine | None = None
+        self._result: SearchResult | None = None
+
+    # ------------------------------------------------------------------ setup helpers
+    def _encode(self, dataset: Any) -> list[EncodedSample]:
+        samples = encode_samples(dataset, self.tokenizer)
+        if self.args.max_new_tokens is not None:
+            samples = [
+                dataclasses.replace(s, max_new_tokens=min(s.max_new_tokens, self.args.max_new_tokens))
+                for s in samples
+            ]
+        return samples
+
+    def _check_metric_key(self) -> str:
+        from ..metrics import compute_metric
+
+        first = self.train_dataset[0]
+        probe = compute_metric(self.metric, [str(first["answers"][0])], [list(first["answers"])])
+        wanted = self.args.metric_for_best_model
+        if wanted is None:
+            if not probe:
+                raise ValueError("The metric returned an empty dict.")
+            return next(iter(probe))
+        if wanted not in probe:
+            raise ValueError(
+                f"metric_for_best_model={wanted!r} is not produced by the metric, which returns {sorted(probe)}."
+            )
+        return wanted
+
+    def create_engine(self) -> FitnessEngine:
+        """Build the fitness engine (override to plug in another way of answering the search samples)."""
+        args = self.args
+        if args.engine == "plain":
+            return PlainEngine(
+                self.model, self.tokenizer, self.train_samples, self.options, batch_size=args.eval_batch_size
+            )
+        return PrefillOnceEngine(
+            self.model,
+            self.tokenizer,
+            self.train_samples,
+            self.options,
+            batch_size=args.eval_batch_size,
+            storage_device=args.engine_storage_device,
+            max_storage_bytes=int(args.engine_max_storage_gb * 2**30),
+        )
+
+    # ------------------------------------------------------------------ fitness
+    def _score(self, predictions: list[str], references: list[list[str]]) -> float:
+        from ..metrics import compute_metric
+
+        values = compute_metric(self.metric, predictions, references)
+        if self.metric_key not in values:
+            raise ValueError(f"The metric did not return {self.metric_key!r} (got {sorted(values)}).")
+        return float(values[self.metric_key])
+
+    def _project(self, budgets: list[int]) -> list[int]:
+        allocation = BudgetAllocation(budgets=budgets, window_size=self.args.window_size)
+        return allocation.rescale(
+            self.args.target_budget, floor=self.args.min_budget, cap=self.args.max_budget
+        ).budgets
+
+    def _evaluate_candidate(self, budgets: list[int]) -> dict[str, Any]:
+        """Fitness record of one scheme (computed once; later calls hit the cache)."""
+        args = self.args
+        evaluated = self._project(budgets) if args.constraint == "project" else list(budgets)
+        key = ",".join(map(str, evaluated))
+        if key in self._fitness_cache:
+            return {**self._fitness_cache[key], "cached": True}
+        start = time.perf_counter()
+        error = None
+        try:
+            if self._engine is None:
+                self._engine = self.create_engine()
+            predictions = self._engine.answers(evaluated)
+            score = self._score(predictions, self.references)
+        except Exception as exc:  # a failing candidate must not end the search
+            logger.warning("Candidate %s failed: %s: %s", evaluated, type(exc).__name__, exc)
+            score, error = math.nan, f"{type(exc).__name__}: {exc}"
+        if math.isnan(score):
+            fitness = -math.inf
+        else:
+            fitness = combined_fitness(
+                score,
+                evaluated,
+                args.target_budget,
+                lam=args.cache_score_lambda,
+                gamma=args.cache_score_gamma,
+                greater_is_better=args.greater_is_better,
+            )
+        record = {
+            "budgets": evaluated,
+            "mean_budget": sum(evaluated) / len(evaluated),
+            "score": score,
+            "cache_score": cache_score(evaluated, args.target_budget, args.cache_score_gamma),
+            "fitness": fitness,
+            "seconds": round(time.perf_counter() - start, 3),
+            "error": error,
+        }
+        self._fitness_cache[key] = record
+        return {**record, "cached": False}
+
+    def _evaluate_population(self, candidates: list[list[int]]) -> list[dict[str, Any]]:
+        if self.num_processes == 1:
+            records = []
+            for budgets in candidates:
+                records.append(self._evaluate_candidate(budgets))
+                self._fire("on_candidate_evaluated", record=records[-1], population=len(candidates))
+            return records
+        return self._evaluate_distributed(candidates)
+
+    def _evaluate_distributed(self, candidates: list[list[int]]) -> list[dict[str, Any]]:
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState()
+        indexed = list(enumerate(candidates))
+        with state.split_between_processes(indexed) as mine:
+            local = [(index, self._evaluate_candidate(budgets)) for index, budgets in mine]
+        gathered = gather_object(local)
+        by_index = dict(gathered)
+        records = [by_index[i] for i in range(len(candidates))]
+        for record in records:
+            key = ",".join(map(str, record["budgets"]))
+            self._fitness_cache.setdefault(key, {k: v for k, v in record.items() if k != "cached"})
+            self._fire("on_candidate_evaluated", record=record, population=len(candidates))
+        return records
+
+    # ------------------------------------------------------------------ the search
+    def _groups(self) -> list[list[int]]:
+        size = self.args.group_size
+        groups = [list(range(i, min(i + size, self.num_layers))) for i in range(0, self.num_layers, size)]
+        return groups if self.args.group_order == "bottom_up" else groups[::-1]
+
+    def _group_seed(self, group_index: int) -> int:
+        return (self.args.seed * 1_000_003 + group_index * 7919 + 1) % (2**31 - 1) or 1
+
+    def search(self, resume_from_checkpoint: bool | str | os.PathLike[str] | None = None) -> SearchResult:
+        """Run the search (or resume it) and return the completed best allocation.
+
+        Parameters
+        ----------
+        resume_from_checkpoint:
+            ``True`` resumes from the latest checkpoint in ``output_dir``; a path resumes from that
+            ``checkpoint-<n>`` directory; ``None`` starts fresh (``output_dir`` must then be empty unless
+            ``overwrite_output_dir``).
+        """
+        args = self.args
+        output_dir = Path(args.output_dir)
+        groups = self._groups()
+        uniform = [round(args.target_budget)] * self.num_layers
+        uniform = [min(max(b, args.min_budget or 1), args.max_budget or b) for b in uniform]
+        strategy: GroupStrategy | None = None
+        snapshot: tuple[dict[str, Any], bytes] | None = None
+        checkpoint_path = self._resolve_resume(resume_from_checkpoint, output_dir)
+        if checkpoint_path is not None:
+            strategy = self._restore(checkpoint_path, groups)
+        else:
+            self._check_output_dir(output_dir)
+            self.state = SearchState(
+                num_groups=len(groups),
+                generations_per_group=args.generations_per_group,
+                base_budgets=list(uniform),
+                best_budgets=list(uniform),
+            )
+        self._fire("on_search_begin")
+        if checkpoint_path is None:
+            baseline = self._evaluate_population([uniform])[0]
+            self._update_best(baseline)
+            self._log({"event": "baseline", **baseline})
+        try:
+            while self.state.group_index < len(groups) and not self.control.should_search_stop:
+                group = groups[self.state.group_index]
+                if strategy is None:
+                    strategy = GroupStrategy(
+                        [self.state.base_budgets[i] for i in group],
+                        args.target_budget,
+                        args.sigma0,
+                        args.min_budget or 1,
+                        args.max_budget or int(4 * args.target_budget),
+                        args.population_size or 2,
+                        seed=self._group_seed(self.state.group_index),
+                    )
+                    self._fire("on_group_begin", group=group)
+                while (
+                    self.state.generation < args.generations_per_group and not self.control.should_search_stop
+                ):
+                    # What an interrupt saves: the state before this generation, so a resume redoes it exactly.
+                    snapshot = (copy.deepcopy(self._state_dict()), strategy.state_bytes())
+                    self._run_generation(strategy, group)
+                    if self.state.generation == args.generations_per_group:
+                        # Freeze the group at the best scheme found so far, then move on.
+                        self.state.base_budgets = list(self.state.best_budgets)
+                        self.state.group_index += 1
+                        self.state.generation = 0
+                        self._fire("on_group_end", group=group)
+                        strategy_to_save = None
+                    else:
+                        strategy_to_save = strategy
+                    if self._should_save():
+                        self._save(strategy_to_save)
+                    if strategy_to_save is None:
+                        strategy = None
+                        break
+        except KeyboardInterrupt:
+            if self.is_main_process and snapshot is not None:
+                logger.warning(
+                    "Interrupted: writing a checkpoint of the last complete generation before exiting."
+                )
+                state, optimizer_state = snapshot
+                number = state["search_state"]["global_generation"]
+                if number > 0 or state["search_state"]["generation"] > 0 or state["fitness_cache"]:
+                    save_checkpoint(args.output_dir, number, state, optimizer_state, save_total_limit=None)
+            raise
+        result = self._finish()
+        self._fire("on_search_end")
+        return result
+
+    def _run_generation(self, strategy: GroupStrategy, group: list[int]) -> None:
+        candidates = []
+        for group_budgets in strategy.ask():
+            scheme = list(self.state.base_budgets)
+            for layer, budget in zip(group, group_budgets, strict=False):
+                scheme[layer] = budget
+            candidates.append(scheme)
+        records = self._evaluate_population(candidates)
+        strategy.tell([r["fitness"] if math.isfinite(r["fitness"]) else -1e12 for r in records])
+        for record in records:
+            self._update_best(record)
+            self._log(
+                {
+                    "event": "candidate",
+                    "group": self.state.group_index,
+                    "generation": self.state.generation,
+                    **record,
+                }
+            )
+        self.state.generation += 1
+        self.state.global_generation += 1
+        self.state.evaluations = len(self._fitness_cache)
+        finite = [r["fitness"] for r in records if math.isfinite(r["fitness"])]
+        summary = {
+            "event": "generation",
+            "group": self.state.group_index,
+            "generation": self.state.generation,
+            "global_generation": self.state.global_generation,
+            "generation_best_fitness": max(finite) if finite else None,
+            "generation_mean_fitness": sum(finite) / len(finite) if finite else None,
+            "best_fitness": self.state.best_fitness,
+            "best_score": self.state.best_score,
+            "best_budgets": list(self.state.best_budgets),
+            "evaluations": self.state.evaluations,
+        }
+        if self.state.global_generation % self.args.logging_steps == 0:
+            self._log(summary)
+        else:
+            self.state.log_history.append(summary)
+        self._fire("on_generation_end")
+
+    def _update_best(self, record: dict[str, Any]) -> None:
+        if record["fitness"] > self.state.best_fitness:
+            self.state.best_fitness = float(record["fitness"])
+            self.state.best_score = float(record["score"])
+            self.state.best_budgets = list(record["budgets"])
+
+    def _should_save(self) -> bool:
+        strategy = self.args.save_strategy
+        if self.control.should_save:
+            self.control.should_save = False
+            return True
+        if strategy == "generation":
+            return True
+        return strategy == "group" and self.state.generation == 0
+
+    # ------------------------------------------------------------------ end of search
+    def _finish(self) -> SearchResult:
+        args = self.args
+        completed = BudgetAllocation(budgets=self.state.best_budgets, window_size=args.window_size).rescale(
+            args.target_budget, floor=args.min_budget, cap=args.max_budget
+        )
+        allocation = self._with_provenance(completed.budgets, self.state.best_score)
+        self._result = SearchResult(
+            allocation=allocation,
+            best_fitness=self.state.best_fitness,
+            best_score=self.state.best_score,
+            history=list(self.state.log_history),
+            output_dir=str(args.output_dir),
+        )
+        if self.is_main_process:
+            scores = {"search_best_score": self.state.best_score}
+            if self.eval_dataset is not None:
+                held_out = self.evaluate()
+                scores.update({f"eval_{name}": value for name, value in held_out.items()})
+            self._result.allocation = dataclasses.replace(self._result.allocation, scores=scores)
+            self.save_allocation(Path(args.output_dir) / ALLOCATION_DIR, overwrite=True)
+            if args.push_to_hub and args.hub_model_id:
+                self.push_to_hub(args.hub_model_id)
+        return self._result
+
+    def _with_provenance(self, budgets: list[int], score: float) -> BudgetAllocation:
+        args = self.args
+        config = self.model.config
+        task = None
+        if "task" in getattr(self.train_dataset, "column_names", []):
+            task = str(self.train_dataset[0]["task"])
+        return BudgetAllocation(
+            budgets=list(budgets),
+            window_size=args.window_size,
+            kernel_size=args.kernel_size,
+            pooling=args.pooling,
+            policy="snapkv",
+            target_mean_budget=float(args.target_budget),
+            base_model=getattr(config, "_name_or_path", None) or None,
+            task=task,
+            metric_name=self.metric_key,
+            metric_value=None if math.isnan(score) else float(score),
+            search_group_size=args.group_size,
+            search_population_size=args.population_size,
+            search_generations=args.generations_per_group,
+            search_seed=args.seed,
+            search_num_samples=len(self.train_samples),
+            search_lambda=args.cache_score_lambda,
+            search_gamma=args.cache_score_gamma,
+            search_sigma0=args.sigma0,
+            extra={"constraint": args.constraint, "group_order": args.group_order, "engine": args.engine},
+        )
+
+    def evaluate(self, allocation: BudgetAllocation | None = None, dataset: Any = None) -> dict[str, float]:
+        """Score an allocation on held-out samples, alongside uniform and pyramid at the same mean budget.
+
+        Returns ``{"evolkv": ..., "uniform": ..., "pyramid": ...}`` (the metric key of the search).
+        """
+        if allocation is None:
+            if self._result is None:
+                raise ValueError("No allocation: run search() first or pass allocation=.")
+            allocation = self._result.allocation
+        data = _validated(dataset, "dataset") if dataset is not None else self.eval_dataset
+        if data is None:
+            raise ValueError("No eval_dataset was given: pass dataset=.")
+        samples = self._encode(data)
+        references = [list(sample["answers"]) for sample in data]
+        mean = allocation.mean
+        methods = {
+            "evolkv": allocation.budgets,
+            "uniform": BudgetAllocation.uniform(self.num_layers, mean).budgets,
+            "pyramid": BudgetAllocation.pyramid(self.num_layers, mean).budgets,
+        }
+        from ..cache import EvolKVCache
+
+        results = {}
+        options = self.options.as_kwargs()
+        for name, budgets in methods.items():
+
+            def factory(budgets: list[int] = budgets) -> EvolKVCache:
+                return EvolKVCache(self.model, budgets, **options)
+
+            answers = generate_answers(
+                self.model, self.tokenizer, samples, factory, batch_size=self.args.eval_batch_size
+            )
+            results[name] = self._score(answers, references)
+        return results
+
+    def save_allocation(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save the completed best allocation (with its model card) to ``directory``."""
+        if self._result is None:
+            raise ValueError("No allocation yet: run search() first.")
+        self._result.allocation.save_pretrained(directory, overwrite=overwrite)
+        return Path(directory)
+
+    def push_to_hub(self, repo_id: str | None = None, **kwargs: Any) -> str:
+        """Push the completed allocation and its model card to the Hub."""
+        if self._result is None:
+            raise ValueError("No allocation yet: run search() first.")
+        repo = repo_id or self.args.hub_model_id
+        if not repo:
+            raise ValueError("Pass repo_id or set SearchArguments.hub_model_id.")
+        return str(self._result.allocation.push_to_hub(repo, **kwargs))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _check_output_dir(self, output_dir: Path) -> None:
+        if output_dir.is_dir() and any(output_dir.iterdir()) and not self.args.overwrite_output_dir:
+            raise FileExistsError(
+                f"output_dir {output_dir} is not empty. Resume with search(resume_from_checkpoint=True), choose a "
+                "new output_dir, or set overwrite_output_dir=True to start over (existing files are replaced)."
+            )
+        if self.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            # overwrite_output_dir: a new search must not be mixed with an old one's log and checkpoints.
+            log = output_dir / "search_log.jsonl"
+            if log.exists():
+                log.unlink()
+            for old in checkpoint_dirs(output_dir):
+                shutil.rmtree(old)
+
+    def _resolve_resume(self, resume: bool | str | os.PathLike[str] | None, output_dir: Path) -> Path | None:
+        if resume is None or resume is False:
+            return None
+        if resume is True:
+            path = latest_checkpoint(output_dir)
+            if path is None:
+                raise FileNotFoundError(f"resume_from_checkpoint=True but {output_dir} holds no checkpoint.")
+            return path
+        return Path(resume)
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "search_state": dataclasses.asdict(self.state),
+            "fitness_cache": self._fitness_cache,
+            "args": self.args.to_dict(),
+            "versions": _versions(),
+        }
+
+    def _save(self, strategy: GroupStrategy | None) -> None:
+        if not self.is_main_process:
+            return
+        optimizer_state = strategy.state_bytes() if strategy is not None else b""
+        path = save_checkpoint(
+            self.args.output_dir,
+            self.state.global_generation,
+            self._state_dict(),
+            optimizer_state,
+            save_total_limit=self.args.save_total_limit,
+        )
+        self._fire("on_save", checkpoint=str(path))
+
+    def _restore(self, path: Path, groups: list[list[int]]) -> GroupStrategy | None:
+        payload, optimizer_state = load_checkpoint(path)
+        saved_args = payload.get("args", {})
+        for name in ("target_budget", "group_size", "population_size", "seed", "constraint", "group_order"):
+            if name in saved_args and saved_args[name] != getattr(self.args, name):
+                raise ValueError(
+                    f"Cannot resume: the checkpoint was written with {name}={saved_args[name]!r}, now "
+                    f"{getattr(self.args, name)!r}. Use the same SearchArguments to resume."
+                )
+        self.state = SearchState(**payload["search_state"])
+        self._fitness_cache = dict(payload.get("fitness_cache", {}))
+        if len(self.state.base_budgets) != self.num_layers or self.state.num_groups != len(groups):
+            raise ValueError(
+                "Cannot resume: the checkpoint was written for a model with a different layer count."
+            )
+        return GroupStrategy.from_state_bytes(optimizer_state) if optimizer_state else None
+
+    # ------------------------------------------------------------------ events
+    def _fire(self, event: str, **kwargs: Any) -> None:
+        self.callback_handler.fire(event, self.args, self.state, self.control, **kwargs)
+
+    def _log(self, logs: dict[str, Any]) -> None:
+        self.state.log_history.append(logs)
+        self._fire("on_log", logs=logs)
+
+
+def _validated(dataset: Any, name: str) -> Any:
+    from ..tasks import validate_task_dataset
+
+    if dataset is None:
+        raise ValueError(f"{name} is required.")
+    if isinstance(dataset, list):
+        from datasets import Dataset
+
+        dataset = Dataset.from_list(dataset)
+    validate_task_dataset(dataset)
+    return dataset
+
+
+def _resolve_metric(metric: Any, dataset: Any) -> Any:
+    from ..metrics import load_metric
+
+    if metric is None:
+        from ..tasks import TASKS
+
+        task = str(dataset[0]["task"]) if "task" in dataset.column_names else None
+        if task not in TASKS:
+            raise ValueError("metric is required for a dataset without a built-in `task` column.")
+        return load_metric(TASKS[task].partial_credit_metric)
+    if isinstance(metric, str):
+        return load_metric(metric)
+    if callable(metric) or hasattr(metric, "compute"):
+        return metric
+    raise TypeError(
+        f"metric must be an evaluate module, a metric name or a callable, got {type(metric).__name__}."
+    )
+
+
+def _process_info() -> tuple[bool, int, int]:
+    """(is main process, process index, number of processes) under ``accelerate launch`` / torchrun."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return True, 0, 1
+    import torch
+    from accelerate import PartialState
+
+    # On a machine without accelerators the processes talk over gloo (accelerate's MULTI_CPU).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.is_main_process, state.process_index, state.num_processes
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("evolkv-hf", "transformers", "torch", "cma", "accelerate"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions

@@ -1,0 +1,185 @@
+"""Tests of the `evolkv` command line (evolkv_hf.cli)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_rows, tiny_tokenizer
+
+from evolkv_hf import BudgetAllocation, cli
+from evolkv_hf.cli import COMMANDS, main
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and its word-level tokenizer saved with save_pretrained (loads offline)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", num_layers=3).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def allocation_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "alloc"
+    BudgetAllocation(
+        budgets=[40, 20, 12], window_size=8, base_model="org/tiny", task="niah_single"
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_has_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"evolkv {command}" in out
+
+
+def test_top_level_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS) and "example:" in out
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+    assert main(["evaluate", "--demo", "--task", "niah_single", "--budgets", "0"]) == 2
+    assert "budgets must be >= 1" in capsys.readouterr().err
+
+
+def test_show_prints_table_and_provenance(
+    allocation_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "budgets.png"
+    assert main(["show", str(allocation_dir), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "layers: 3 | mean: 24 | total: 72 | min: 12 | max: 40" in out
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("layer "))
+    assert [line.split()[:2] for line in lines[first + 1 : first + 4]] == [
+        ["0", "40"],
+        ["1", "20"],
+        ["2", "12"],
+    ]
+    assert "base_model: org/tiny" in out and "window_size: 8" in out
+    assert png.stat().st_size > 0
+
+
+def test_user_errors_exit_1_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: No allocation.json") and "Traceback" not in err and err.count("\n") == 1
+    assert main(["push", str(tmp_path / "missing"), "me/repo"]) == 1
+    assert "not a local directory" in capsys.readouterr().err
+    assert main(["generate", "--budget", "8", "--prompt", "hi"]) == 1
+    assert "no model given" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--budget", "8", "--prompt", "hi"]) == 1
+    assert "could not load model" in capsys.readouterr().err
+    assert main(["evaluate", "--demo", "--dataset", str(tmp_path / "x.csv")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_debug_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(tmp_path), "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["--debug", "show", str(tmp_path)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_keyboard_interrupt_exits_130(
+    allocation_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_show", interrupted)
+    assert main(["show", str(allocation_dir)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_evaluate_end_to_end_on_a_saved_tiny_model(
+    tiny_checkpoint: Path, allocation_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datasets
+
+    data = tmp_path / "data.jsonl"
+    datasets.Dataset.from_list(tiny_rows(3)).to_json(data)
+    out = tmp_path / "results"
+    argv = [
+        "evaluate", "--model", str(tiny_checkpoint), "--dataset", str(data),
+        "--methods", f"full,uniform,{allocation_dir}", "--budgets", "16,24", "--window-size", "8",
+        "--metric", "string_match_part", "--n-bootstrap", "100", "--batch-size", "2",
+        "--output-dir", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "string_match_part" in table and "alloc" in table and "| 16" in table
+    run_dirs = sorted(path.name for path in out.iterdir() if path.is_dir())
+    assert len(run_dirs) == 5 and all(
+        name.startswith(f"niah_single__{tiny_checkpoint.name}__") for name in run_dirs
+    )
+    config = json.loads((out / run_dirs[0] / "config.json").read_text())
+    assert config["num_samples"] == 3 and config["metric"] == "string_match_part"
+    # A rerun reuses everything; an unknown method is a user error found before any work.
+    assert main(argv) == 0
+    assert main([*argv[:5], "--methods", "full,snapkv", *argv[7:]]) == 1
+    assert "Unknown method 'snapkv'" in capsys.readouterr().err
+
+
+def test_generate_prints_answer_and_memory(
+    tiny_checkpoint: Path, allocation_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = " ".join(["the sky is blue ."] * 12)
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_checkpoint),
+                "--budget",
+                "8",
+                "--prompt",
+                prompt,
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "K/V memory:" in out and "of the ~" in out and "mean budget 8 tokens/layer" in out
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_checkpoint),
+        "--allocation",
+        str(allocation_dir),
+        "--prompt",
+        prompt,
+    ]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    assert "mean budget 24 tokens/layer" in capsys.readouterr().out
+    assert main([*argv, "--chat"]) == 1
+    assert "no chat template" in capsys.readouterr().err
+
+
+def test_push_to_a_local_hub(allocation_dir: Path, fake_hub: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "push",
+        str(allocation_dir),
+        "me/tiny-alloc",
+        "--private",
+        "--token",
+        "fake",
+        "--endpoint",
+        fake_hub.url,
+    ]
+    assert main(argv) == 0
+    assert "me/tiny-alloc" in capsys.readouterr().out
+    assert "allocation.json" in fake_hub.files("me/tiny-alloc")
+    assert fake_hub.repos["me/tiny-alloc"].private
+    fake_hub.fail["commit"] = 403
+    assert main([*argv[:2], "me/other", *argv[3:]]) == 1
+    assert "error: Pushing the allocation" in capsys.readouterr().err

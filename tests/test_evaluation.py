@@ -1,0 +1,308 @@
+"""Tests of evolkv_hf.evaluation: the side-by-side harness on a tiny random model, and once on the demo model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_rows, tiny_tokenizer
+
+from evolkv_hf import BudgetAllocation, evaluation
+from evolkv_hf.evaluation import EvaluationReport, EvaluationRow, evaluate_methods, run_dir_name
+
+BUDGETS = [16, 32]
+SMALL = {"window_size": 8, "kernel_size": 3, "n_bootstrap": 200, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[Any, Any, Any]:
+    import datasets
+
+    return tiny_model("llama", num_layers=3), tiny_tokenizer(), datasets.Dataset.from_list(tiny_rows(4))
+
+
+@pytest.fixture
+def allocation_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "my-alloc"
+    BudgetAllocation(budgets=[40, 20, 12], window_size=8, kernel_size=3).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def count_generation(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of generate_answers made by the harness (one per run)."""
+    calls: list[int] = []
+    original = evaluation.generate_answers
+
+    def counting(*args: Any, **kwargs: Any) -> list[str]:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate_answers", counting)
+    return calls
+
+
+def _forbid_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> list[str]:
+        raise AssertionError("generation should not happen")
+
+    monkeypatch.setattr(evaluation, "generate_answers", fail)
+
+
+def test_all_methods_two_budgets_then_skip(
+    setup: tuple[Any, Any, Any],
+    tmp_path: Path,
+    allocation_dir: Path,
+    count_generation: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, tokenizer, dataset = setup
+    out = tmp_path / "results"
+    methods = ["full", "uniform", "pyramid", "streaming", str(allocation_dir)]
+    report = evaluate_methods(
+        model,
+        tokenizer,
+        dataset,
+        methods,
+        BUDGETS,
+        output_dir=out,
+        model_name="org/tiny",
+        batch_size=2,
+        **SMALL,
+    )
+    assert len(count_generation) == 1 + 4 * len(BUDGETS)
+    assert [(row.method, row.budget) for row in report.rows] == [("full", None)] + [
+        (method, budget) for method in ("uniform", "pyramid", "streaming", "my-alloc") for budget in BUDGETS
+    ]
+    assert report.metric_name == "string_match_all"  # the task's default metric
+    for row in report.rows:
+        assert row.n == 4 and not row.reused
+        assert row.ci_low is not None and row.ci_high is not None
+        assert 0 <= row.ci_low <= row.score <= row.ci_high <= 100
+        run_dir = Path(row.run_dir or "")
+        assert run_dir.name == run_dir_name("niah_single", "org/tiny", row.method, row.budget)
+        assert run_dir.name.startswith("niah_single__org--tiny__")
+        assert sorted(p.name for p in run_dir.iterdir()) == [
+            "config.json",
+            "metrics.json",
+            "predictions.jsonl",
+        ]
+        predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+        assert [p["index"] for p in predictions] == [0, 1, 2, 3]
+        assert all({"prediction", "answers", "score"} <= set(p) for p in predictions)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["score"] == pytest.approx(sum(p["score"] for p in predictions) / 4)
+        assert {"metric", "ci_low", "ci_high", "n", "elapsed_s", "kv_memory_bytes_mean"} <= set(metrics)
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["method"] == row.method and config["budget"] == row.budget_label
+        assert config["model_name"] == "org/tiny" and config["prompt_mode"] == "query_aware"
+        assert {"seed", "package_versions", "window_size", "kernel_size", "pooling", "policy"} <= set(config)
+        if row.budget is not None:
+            assert sum(config["budgets"]) == 3 * row.budget and config["window_size"] == 8
+    full = report.row("full")
+    assert full.run_dir is not None and full.run_dir.endswith("__full")
+    memory = {(r.method, r.budget): r.kv_memory_bytes_mean for r in report.rows}
+    assert memory[("uniform", 16)] < memory[("uniform", 32)] < memory[("full", None)]  # type: ignore[operator]
+    configs = {
+        r.method: json.loads((Path(r.run_dir or "") / "config.json").read_text())
+        for r in report.rows
+        if r.budget == 16
+    }
+    assert configs["streaming"]["policy"] == "streaming" and configs["uniform"]["policy"] == "snapkv"
+    assert configs["pyramid"]["budgets"][0] > configs["pyramid"]["budgets"][-1]
+    assert configs["my-alloc"]["budgets"][0] > configs["my-alloc"]["budgets"][-1]
+    assert configs["my-alloc"]["allocation"]["source"] == str(allocation_dir)
+    assert (out / "niah_single__org--tiny__scores.png").stat().st_size > 0
+    assert (
+        json.loads((out / "niah_single__org--tiny__report.json").read_text())["rows"][0]["method"] == "full"
+    )
+    assert report.best_heuristic(16).method in ("uniform", "pyramid", "streaming")
+    table = report.to_table()
+    assert "my-alloc" in table and "| 16" in table and "[" in table
+
+    # Second call: every run is done with the same configuration, nothing is generated.
+    _forbid_generation(monkeypatch)
+    again = evaluate_methods(
+        model,
+        tokenizer,
+        dataset,
+        methods,
+        BUDGETS,
+        output_dir=out,
+        model_name="org/tiny",
+        batch_size=2,
+        **SMALL,
+    )
+    assert all(row.reused for row in again.rows)
+    assert [(r.method, r.budget, r.score, r.ci_low) for r in again.rows] == [
+        (r.method, r.budget, r.score, r.ci_low) for r in report.rows
+    ]
+
+
+def test_partial_run_is_redone_and_changed_config_refused(
+    setup: tuple[Any, Any, Any], tmp_path: Path, count_generation: list[int]
+) -> None:
+    model, tokenizer, dataset = setup
+    kwargs: dict[str, Any] = {"output_dir": tmp_path, "metric": "string_match_part", **SMALL}
+    report = evaluate_methods(model, tokenizer, dataset, "full,uniform", [16], **kwargs)
+    assert len(count_generation) == 2
+    (Path(report.row("uniform", 16).run_dir or "") / "metrics.json").unlink()  # as if killed mid-write
+    again = evaluate_methods(model, tokenizer, dataset, "full,uniform", [16], **kwargs)
+    assert len(count_generation) == 3
+    assert [row.reused for row in again.rows] == [True, False]
+
+    with pytest.raises(ValueError, match=r"another configuration.*window_size.*overwrite=True"):
+        evaluate_methods(model, tokenizer, dataset, "full,uniform", [16], **{**kwargs, "window_size": 4})
+    assert len(count_generation) == 3
+    evaluate_methods(
+        model, tokenizer, dataset, "uniform", [16], overwrite=True, **{**kwargs, "window_size": 4}
+    )
+    assert len(count_generation) == 4
+
+
+def test_metric_as_callable_and_no_output_dir(
+    setup: tuple[Any, Any, Any], count_generation: list[int]
+) -> None:
+    model, tokenizer, dataset = setup
+
+    def always_half(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+        return {"half": 50.0}
+
+    report = evaluate_methods(
+        model,
+        tokenizer,
+        dataset.select(range(2)),
+        ["full"],
+        [],
+        metric=always_half,
+        **{**SMALL, "n_bootstrap": 0},
+    )
+    row = report.row("full")
+    assert row.score == pytest.approx(50.0) and row.run_dir is None and row.ci_low is None
+    assert report.metric_name == "always_half"
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            {"methods": ["full", "snapkv"]},
+            ValueError,
+            r"Unknown method 'snapkv'.*full, uniform, pyramid, streaming",
+        ),
+        ({"methods": []}, ValueError, "No method"),
+        ({"budgets": [16, 0]}, ValueError, "at least 1"),
+        ({"budgets": [16.5]}, TypeError, "integers"),
+        ({"budgets": []}, ValueError, "No budget"),
+        ({"dataset": []}, ValueError, "empty"),
+        (
+            {"rows": lambda rows: [{k: v for k, v in r.items() if k != "answers"} for r in rows]},
+            ValueError,
+            "answers",
+        ),
+        ({"rows": lambda rows: [{**r, "task": "mine"} for r in rows]}, ValueError, "no default metric"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"pooling": "mean"}, ValueError, "pooling"),
+        ({"methods": ["uniform", "./does-not-exist/alloc"]}, ValueError, "Could not load the allocation"),
+    ],
+)
+def test_clear_errors_before_any_work(
+    setup: tuple[Any, Any, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    change: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    import datasets
+
+    model, tokenizer, _ = setup
+    _forbid_generation(monkeypatch)
+    rows = tiny_rows(2)
+    if "rows" in change:
+        rows = change.pop("rows")(rows)
+    kwargs: dict[str, Any] = {
+        "dataset": datasets.Dataset.from_list(rows),
+        "methods": ["full", "uniform"],
+        "budgets": [16],
+        "output_dir": tmp_path / "out",
+        **SMALL,
+    }
+    kwargs.update(change)
+    with pytest.raises(error, match=match):
+        evaluate_methods(model, tokenizer, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_allocation_layer_mismatch(setup: tuple[Any, Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer, dataset = setup
+    _forbid_generation(monkeypatch)
+    five_layers = BudgetAllocation.uniform(5, 32)
+    with pytest.raises(ValueError, match="5 per-layer budgets but the model has 3"):
+        evaluate_methods(model, tokenizer, dataset, ["uniform", five_layers], [16], **SMALL)
+    with pytest.raises(ValueError, match="more than once"):
+        evaluate_methods(model, tokenizer, dataset, ["uniform", "uniform"], [16], **SMALL)
+
+
+def test_report_table_json_and_best_heuristic() -> None:
+    rows = [
+        EvaluationRow("full", None, 90.0, 80.0, 100.0, 10, None),
+        EvaluationRow("uniform", 64, 40.0, 20.0, 60.0, 10, None),
+        EvaluationRow("pyramid", 64, 50.0, 30.0, 70.0, 10, None),
+        EvaluationRow("evolkv", 64, 70.0, 50.0, 90.0, 10, None),
+        EvaluationRow("uniform", 128, 60.0, 40.0, 80.0, 10, None),
+    ]
+    report = EvaluationReport(rows=rows, task="t", model_name="m", metric_name="acc")
+    assert report.best_heuristic(64).method == "pyramid"  # the learned allocation is not a heuristic
+    assert report.best_heuristic(128).method == "uniform"
+    with pytest.raises(ValueError, match="budget 256"):
+        report.best_heuristic(256)
+    lines = report.to_table().splitlines()
+    assert lines[1].split("|")[1:] == [" 64                 ", " 128"]
+    assert lines[5].startswith("pyramid") and lines[5].rstrip().endswith("-")
+    assert json.loads(report.to_json())["rows"][3]["method"] == "evolkv"
+    assert report.plot().axes[0].get_xlabel().startswith("mean KV budget")
+
+
+def test_plot_skipped_with_warning_without_matplotlib(
+    setup: tuple[Any, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tokenizer, dataset = setup
+
+    def no_matplotlib(self: EvaluationReport, **kwargs: Any) -> Any:
+        raise ImportError("no matplotlib")
+
+    monkeypatch.setattr(EvaluationReport, "plot", no_matplotlib)
+    with pytest.warns(UserWarning, match="matplotlib"):
+        report = evaluate_methods(
+            model, tokenizer, dataset.select(range(1)), ["full"], [], output_dir=tmp_path, **SMALL
+        )
+    assert report.plot_path is None and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.integration
+def test_demo_model_full_vs_uniform(demo_model_and_tokenizer: tuple[Any, Any], tmp_path: Path) -> None:
+    from evolkv_hf.tasks import load_task
+
+    model, tokenizer = demo_model_and_tokenizer
+    dataset = load_task("niah_single", tokenizer, context_length=512, num_samples=2, seed=0)
+    report = evaluate_methods(
+        model,
+        tokenizer,
+        dataset,
+        ["full", "uniform"],
+        [64],
+        output_dir=tmp_path,
+        progress=False,
+        n_bootstrap=200,
+    )
+    full, uniform = report.row("full"), report.row("uniform", 64)
+    assert full.n == uniform.n == 2
+    assert "SmolLM2-135M-Instruct" in Path(full.run_dir or "").name
+    assert full.score >= 50.0  # the full cache finds a 7-digit needle at 512 tokens
+    assert uniform.kv_memory_bytes_mean < full.kv_memory_bytes_mean  # type: ignore[operator]
+    config = json.loads((Path(uniform.run_dir or "") / "config.json").read_text())
+    assert config["chat_template"] is True and config["budgets"] == [64] * 30

@@ -1,0 +1,356 @@
+"""BudgetSearcher: determinism, optimisation, checkpoints and resume, callbacks, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from evolkv_hf import BudgetAllocation
+from evolkv_hf.search import BudgetSearcher, SearchArguments, SearchCallback
+from evolkv_hf.search.checkpoint import checkpoint_dirs, latest_checkpoint, save_checkpoint
+from evolkv_hf.search.fitness import cache_score, combined_fitness
+from evolkv_hf.search.strategy import GroupStrategy
+
+TESTS = Path(__file__).parent
+
+
+def dataset(count: int = 3) -> list[dict]:
+    rows = []
+    for index in range(count):
+        context = (
+            " ".join(f"w{(index * 7 + j) % 60}" for j in range(40)) + f" the number is {index}4{index} ."
+        )
+        rows.append(
+            {
+                "context": context,
+                "question": "what is the number ?",
+                "answer_prefix": "the number is",
+                "answers": [f"{index}4{index}"],
+                "max_new_tokens": 3,
+                "task": "toy",
+            }
+        )
+    return rows
+
+
+def digit_overlap(predictions, references):
+    """A cheap partial-credit metric: share of reference characters found in the prediction."""
+    scores = [
+        max(sum(ch in p for ch in r) / len(r) for r in refs)
+        for p, refs in zip(predictions, references, strict=False)
+    ]
+    return {"overlap": 100.0 * sum(scores) / len(scores)}
+
+
+def small_args(tmp_path, **overrides) -> SearchArguments:
+    settings = dict(
+        output_dir=str(tmp_path / "run"),
+        target_budget=12,
+        group_size=2,
+        population_size=4,
+        generations_per_group=2,
+        window_size=4,
+        kernel_size=3,
+        eval_batch_size=3,
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    return SearchArguments(**settings)
+
+
+def make_searcher(tmp_path, callbacks=None, **overrides) -> BudgetSearcher:
+    return BudgetSearcher(
+        tiny_model("llama", num_layers=3),
+        small_args(tmp_path, **overrides),
+        dataset(),
+        processing_class=tiny_tokenizer(),
+        metric=digit_overlap,
+        callbacks=callbacks,
+    )
+
+
+def test_strategy_resumes_exactly_from_its_state_bytes():
+    # Regression: pickling np.random.randn froze a copy of NumPy's generator into the optimiser.
+    strategy = GroupStrategy([12, 12], 12, 0.3, 4, 48, 4, seed=5)
+    strategy.ask()
+    strategy.tell([1.0, 2.0, 3.0, 4.0])
+    restored = GroupStrategy.from_state_bytes(strategy.state_bytes())
+    assert restored.ask() == strategy.ask()
+
+
+class TestFitness:
+    def test_cache_score_matches_the_paper(self):
+        assert cache_score([128, 128], 128) == 1.0
+        assert cache_score([192, 192], 128) == pytest.approx(0.5)
+        assert cache_score([256, 256], 128) == 0.0
+        assert cache_score([300, 300], 128) == 0.0
+        assert cache_score([64, 64], 128, gamma=0.2) == pytest.approx(0.9)
+
+    def test_combined_fitness(self):
+        assert combined_fitness(50.0, [128], 128, lam=0.3) == pytest.approx(65.0)
+        assert combined_fitness(math.nan, [128], 128) == -math.inf
+        assert combined_fitness(2.0, [128], 128, lam=0.3, greater_is_better=False) == pytest.approx(
+            -2.0 / 1.3
+        )
+
+
+def test_search_is_deterministic_and_writes_allocation(tmp_path):
+    first = make_searcher(tmp_path / "a").search()
+    second = make_searcher(tmp_path / "b").search()
+    assert first.allocation.budgets == second.allocation.budgets
+    strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+    assert strip(first.history) == strip(second.history)
+    assert first.allocation.total == 12 * 3
+    assert all(b >= 4 for b in first.allocation.budgets)
+    saved = BudgetAllocation.from_pretrained(tmp_path / "a" / "run" / "allocation")
+    assert saved.budgets == first.allocation.budgets
+    assert saved.search_group_size == 2 and saved.metric_name == "overlap"
+    candidates = [e for e in first.history if e["event"] == "candidate"]
+    assert len(candidates) == 2 * 2 * 4  # groups x generations x population
+    assert {"budgets", "score", "cache_score", "fitness", "seconds"} <= set(candidates[0])
+    log_lines = (tmp_path / "a" / "run" / "search_log.jsonl").read_text().splitlines()
+    assert len(log_lines) == len(first.history)
+
+
+class SyntheticEngine:
+    """Answers encode the budgets; the metric rewards budget on layers 1 and 2 only."""
+
+    def answers(self, budgets, progress=None):
+        return [json.dumps(list(budgets))] * 3
+
+
+def synthetic_metric(predictions, references):
+    if not predictions[0].startswith("["):  # the searcher probes the metric's keys with a reference answer
+        return {"score": 0.0}
+    budgets = json.loads(predictions[0])
+    return {"score": (budgets[1] + budgets[2]) / 4.0}
+
+
+def test_search_moves_budget_to_the_layers_that_matter(tmp_path):
+    class Synthetic(BudgetSearcher):
+        def create_engine(self):
+            return SyntheticEngine()
+
+    args = SearchArguments(
+        output_dir=str(tmp_path / "run"),
+        target_budget=32,
+        group_size=2,
+        population_size=8,
+        generations_per_group=12,
+        window_size=4,
+        min_budget=4,
+        max_budget=96,
+        disable_tqdm=True,
+        constraint="project",
+    )
+    searcher = Synthetic(
+        tiny_model("llama", num_layers=4),
+        args,
+        dataset(),
+        processing_class=tiny_tokenizer(),
+        metric=synthetic_metric,
+    )
+    result = searcher.search()
+    budgets = result.allocation.budgets
+    assert sum(budgets) == 4 * 32
+    assert budgets[1] + budgets[2] > 2 * 32 + 40, budgets
+    assert budgets[0] < 32 and budgets[3] < 32
+
+
+def test_callbacks_fire_in_order_and_can_stop(tmp_path):
+    events = []
+
+    class Recorder(SearchCallback):
+        def __getattribute__(self, name):
+            if name.startswith("on_"):
+
+                def record(args, state, control, **kwargs):
+                    events.append(name)
+                    if name == "on_generation_end" and state.global_generation == 3:
+                        control.should_search_stop = True
+
+                return record
+            return super().__getattribute__(name)
+
+    make_searcher(tmp_path, callbacks=[Recorder()]).search()
+    assert events[0] == "on_search_begin" and events[-1] == "on_search_end"
+    assert events.count("on_generation_end") == 3
+    first_group = events[: events.index("on_group_end") + 1]
+    assert first_group[1:3] == ["on_candidate_evaluated", "on_log"]  # the uniform baseline
+    assert "on_group_begin" in first_group and first_group.count("on_generation_end") == 2
+    assert events.index("on_save") > events.index("on_generation_end")
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    reference = make_searcher(tmp_path / "ref").search()
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from test_search import make_searcher
+        from evolkv_hf.search import SearchCallback
+        from pathlib import Path
+
+        class Killer(SearchCallback):
+            def on_candidate_evaluated(self, args, state, control, **kwargs):
+                # die in the middle of the second generation of the first group (the optimiser is mid-group)
+                if state.global_generation == 1:
+                    self.count = getattr(self, "count", 0) + 1
+                    if self.count == 2:
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+        make_searcher(Path({str(tmp_path / "killed")!r}), callbacks=[Killer()]).search()
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
+    process = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    run_dir = tmp_path / "killed" / "run"
+    assert latest_checkpoint(run_dir).name == "checkpoint-1"
+    resumed = make_searcher(tmp_path / "killed").search(resume_from_checkpoint=True)
+    assert resumed.allocation.budgets == reference.allocation.budgets
+    strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+    assert strip(resumed.history) == strip(reference.history)
+
+
+def test_keyboard_interrupt_writes_a_checkpoint_then_resume_matches(tmp_path):
+    reference = make_searcher(tmp_path / "ref", save_strategy="no").search()
+
+    class Interrupt(SearchCallback):
+        calls = 0
+
+        def on_candidate_evaluated(self, args, state, control, **kwargs):
+            Interrupt.calls += 1
+            if Interrupt.calls == 7:  # inside the second generation
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_searcher(tmp_path / "int", callbacks=[Interrupt()], save_strategy="no").search()
+    assert latest_checkpoint(tmp_path / "int" / "run").name == "checkpoint-1"
+    resumed = make_searcher(tmp_path / "int", save_strategy="no").search(resume_from_checkpoint=True)
+    assert resumed.allocation.budgets == reference.allocation.budgets
+
+
+def test_failing_candidate_gets_worst_fitness_and_search_continues(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(predictions, references):
+        calls["n"] += 1
+        if calls["n"] in (3, 4):
+            raise RuntimeError("metric exploded")
+        if calls["n"] == 5:
+            return {"overlap": float("nan")}
+        return digit_overlap(predictions, references)
+
+    searcher = BudgetSearcher(
+        tiny_model("llama", num_layers=3),
+        small_args(tmp_path),
+        dataset(),
+        processing_class=tiny_tokenizer(),
+        metric=flaky,
+    )
+    result = searcher.search()
+    failures = [e for e in result.history if e.get("event") == "candidate" and e["fitness"] == -math.inf]
+    assert len(failures) >= 2
+    assert any("metric exploded" in (e["error"] or "") for e in failures)
+    assert math.isfinite(result.best_fitness)
+
+
+def test_checkpoint_rotation_and_atomic_write(tmp_path):
+    make_searcher(tmp_path, save_total_limit=2).search()
+    names = [p.name for p in checkpoint_dirs(tmp_path / "run")]
+    assert names == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_checkpoint_write_failure_keeps_last_good(tmp_path, monkeypatch):
+    make_searcher(tmp_path).search()
+    run = tmp_path / "run"
+    before = latest_checkpoint(run)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match=r"No space left on device.*intact"):
+        save_checkpoint(run, 99, {"search_state": {}}, b"state")
+    monkeypatch.undo()
+    assert latest_checkpoint(run) == before
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+
+
+class TestClearErrors:
+    def test_existing_output_dir_is_not_overwritten(self, tmp_path):
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "precious.txt").write_text("keep me")
+        with pytest.raises(FileExistsError, match="not empty"):
+            make_searcher(tmp_path).search()
+        assert (tmp_path / "run" / "precious.txt").read_text() == "keep me"
+
+    def test_empty_dataset(self, tmp_path):
+        with pytest.raises(ValueError):
+            BudgetSearcher(
+                tiny_model("llama"),
+                small_args(tmp_path),
+                [],
+                processing_class=tiny_tokenizer(),
+                metric=digit_overlap,
+            )
+
+    def test_missing_columns(self, tmp_path):
+        rows = [{k: v for k, v in row.items() if k != "answers"} for row in dataset()]
+        with pytest.raises(ValueError, match="answers"):
+            BudgetSearcher(
+                tiny_model("llama"),
+                small_args(tmp_path),
+                rows,
+                processing_class=tiny_tokenizer(),
+                metric=digit_overlap,
+            )
+
+    def test_target_below_floor(self, tmp_path):
+        with pytest.raises(ValueError, match="below the per-layer floor"):
+            small_args(tmp_path, target_budget=3)
+
+    def test_group_size(self, tmp_path):
+        with pytest.raises(ValueError, match="group_size"):
+            small_args(tmp_path, group_size=0)
+
+    def test_metric_key(self, tmp_path):
+        with pytest.raises(ValueError, match="not produced by the metric"):
+            make_searcher(tmp_path, metric_for_best_model="accuracy")
+
+    def test_resume_without_checkpoint(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="no checkpoint"):
+            make_searcher(tmp_path).search(resume_from_checkpoint=True)
+
+    def test_resume_with_other_arguments(self, tmp_path):
+        make_searcher(tmp_path).search()
+        with pytest.raises(ValueError, match="seed"):
+            make_searcher(tmp_path, seed=5).search(resume_from_checkpoint=True)
+
+
+def test_hf_argument_parser_and_numpy_state_untouched(tmp_path):
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(SearchArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path / "x"), "--target_budget", "64", "--group_size", "4"]
+    )
+    assert args.population_size == 8 and args.min_budget == 32
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    make_searcher(tmp_path).search()
+    assert np.random.rand() == expected

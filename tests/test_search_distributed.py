@@ -1,0 +1,82 @@
+"""Two processes under ``accelerate launch`` find the same allocation as one process; only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_search import make_searcher
+
+    out = Path(sys.argv[1])
+    searcher = make_searcher(out)
+    result = searcher.search()
+    record = {{
+        "processes": searcher.num_processes,
+        "budgets": result.allocation.budgets,
+        "history": [{{k: v for k, v in e.items() if k not in ("seconds", "cached")}} for e in result.history],
+    }}
+    (out / f"result-{{searcher.process_index}}.json").write_text(json.dumps(record))
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(tmp_path: Path, launcher: list[str], name: str) -> Path:
+    script = tmp_path / "search_script.py"
+    script.write_text(SCRIPT.format(tests=str(TESTS)))
+    out = tmp_path / name
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]), OMP_NUM_THREADS="1")
+    process = subprocess.run(
+        [*launcher, str(script), str(out)], env=env, capture_output=True, text=True, check=False, timeout=600
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return out
+
+
+def test_two_processes_equal_one(tmp_path):
+    single = run(tmp_path, [sys.executable], "single")
+    accelerate = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+    double = run(tmp_path, accelerate, "double")
+    one = json.loads((single / "result-0.json").read_text())
+    rank0 = json.loads((double / "result-0.json").read_text())
+    rank1 = json.loads((double / "result-1.json").read_text())
+    assert one["processes"] == 1 and rank0["processes"] == 2
+    assert rank0["budgets"] == rank1["budgets"] == one["budgets"]
+    assert rank0["history"] == one["history"]
+    # Only the main process writes: one log line per entry, one allocation.
+    log = (double / "run" / "search_log.jsonl").read_text().splitlines()
+    assert len(log) == len(one["history"])
+    assert (double / "run" / "allocation" / "allocation.json").is_file()
