@@ -560,12 +560,161 @@ def run_generate(args: argparse.Namespace) -> int:
 # Entry point
 # --------------------------------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------------------------------
+# evolkv search
+# --------------------------------------------------------------------------------------------------
+
+_SEARCH_OWN_FLAGS = {"seed"}  # SearchArguments fields that share a flag with the data options
+
+
+def _search_field_type(field: Any) -> Any:
+    text = str(field.type)
+    if "bool" in text:
+        return _parse_bool
+    if "list" in text:
+        return lambda value: [item for item in value.split(",") if item]
+    if "float" in text:
+        return float
+    if "int" in text:
+        return int
+    return str
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_search_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+    """Register ``evolkv search``: every :class:`~evolkv_hf.SearchArguments` field is a flag."""
+    import dataclasses
+
+    from .search import SearchArguments
+
+    parser = _new_parser(
+        subparsers,
+        "search",
+        help="learn a per-layer budget allocation (EvolKV: group-wise CMA-ES)",
+        description="Search per-layer KV budgets for a model, a task (or dataset) and a metric, checkpointing "
+        "each generation to --output-dir; the completed allocation lands in <output-dir>/allocation/. Settings "
+        "may come from --config FILE (.json or .yaml); flags override it.",
+        example="evolkv search --demo --task niah_single --context-length 2048 --num-samples 30 \\\n"
+        "    --eval-samples 50 --target-budget 128 --generations-per-group 6 --output-dir runs/niah-c128",
+    )
+    add_model_arguments(parser)
+    data = parser.add_argument_group("data")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="built-in task name (see evolkv_hf.tasks.TASKS)")
+    source.add_argument(
+        "--dataset", metavar="PATH", help="search samples (.json, .jsonl, .parquet, save_to_disk)"
+    )
+    data.add_argument("--eval-dataset", metavar="PATH", help="held-out samples for the final comparison")
+    data.add_argument("--context-length", type=_positive_int, default=2048, help="(default: 2048)")
+    data.add_argument("--num-samples", type=_positive_int, default=30, help="search samples (default: 30)")
+    data.add_argument(
+        "--eval-samples", type=_non_negative_int, default=0, help="held-out samples generated with --task"
+    )
+    data.add_argument("--mode", choices=("query_aware", "query_agnostic"), default="query_aware")
+    data.add_argument(
+        "--metric", metavar="NAME|PATH", help="metric (default: the task's partial-credit metric)"
+    )
+    search = parser.add_argument_group("search (SearchArguments)")
+    search.add_argument("--config", metavar="FILE", help="SearchArguments as .json or .yaml")
+    search.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume the latest or a given checkpoint",
+    )
+    for field in dataclasses.fields(SearchArguments):
+        flag = "--" + field.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f"search_{field.name}", "default": argparse.SUPPRESS}
+        help_text = field.metadata.get("help", "")
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        else:
+            kwargs["type"] = _search_field_type(field)
+        search.add_argument(flag, help=help_text, **kwargs)
+    parser.set_defaults(func=run_search)
+    return parser
+
+
+def _load_search_config(path: str) -> dict[str, Any]:
+    import json
+
+    if not os.path.isfile(path):
+        raise CommandError(f"config file {path!r} does not exist.")
+    text = Path(path).read_text()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            loaded = yaml.safe_load(text)
+        else:
+            loaded = json.loads(text)
+    except Exception as err:
+        raise CommandError(f"config file {path!r} is not valid: {_first_line(err)}") from err
+    if not isinstance(loaded, dict):
+        raise CommandError(f"config file {path!r} must hold a mapping of SearchArguments fields.")
+    return loaded
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Run ``evolkv search``."""
+    import dataclasses
+
+    from .search import BudgetSearcher, SearchArguments
+
+    settings = _load_search_config(args.config) if args.config else {}
+    names = {field.name for field in dataclasses.fields(SearchArguments)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise CommandError(f"unknown SearchArguments in {args.config}: {unknown}")
+    settings.update(
+        {name: getattr(args, f"search_{name}") for name in names if hasattr(args, f"search_{name}")}
+    )
+    if "output_dir" not in settings:
+        raise CommandError("--output-dir is required (or output_dir in --config).")
+    try:
+        search_args = SearchArguments(**settings)
+    except (TypeError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    train = load_dataset_file(args.dataset) if args.dataset is not None else None
+    held_out = load_dataset_file(args.eval_dataset) if args.eval_dataset is not None else None
+    model, tokenizer, _ = load_model_from_args(args)
+    if args.task is not None:
+        from .tasks import load_task
+
+        total = args.num_samples + args.eval_samples
+        generated = load_task(
+            args.task, tokenizer, args.context_length, total, seed=search_args.seed, mode=args.mode
+        )
+        train = generated.select(range(args.num_samples))
+        if args.eval_samples:
+            held_out = generated.select(range(args.num_samples, total))
+    searcher = BudgetSearcher(
+        model, search_args, train, eval_dataset=held_out, processing_class=tokenizer, metric=args.metric
+    )
+    result = searcher.search(resume_from_checkpoint=args.resume)
+    print(format_allocation(result.allocation, source=str(Path(search_args.output_dir) / "allocation")))
+    if result.allocation.scores:
+        for name, value in result.allocation.scores.items():
+            print(f"{name}: {value:.2f}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[SubParsers], argparse.ArgumentParser]] = {
     "evaluate": add_evaluate_parser,
     "show": add_show_parser,
     "push": add_push_parser,
     "generate": add_generate_parser,
-    # "search": add_search_parser,  # evolkv_hf.search adds its subcommand here
+    "search": add_search_parser,
 }
 """Subcommand name -> function registering its parser (which sets ``func``). Add new commands here."""
 

@@ -183,3 +183,34 @@ def test_push_to_a_local_hub(allocation_dir: Path, fake_hub: Any, capsys: pytest
     fake_hub.fail["commit"] = 403
     assert main([*argv[:2], "me/other", *argv[3:]]) == 1
     assert "error: Pushing the allocation" in capsys.readouterr().err
+
+
+def test_search_end_to_end_with_config_and_resume(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datasets
+
+    data = tmp_path / "data.jsonl"
+    datasets.Dataset.from_list(tiny_rows(3)).to_json(data)
+    config = tmp_path / "search.yaml"
+    config.write_text("target_budget: 16\ngroup_size: 2\npopulation_size: 3\ngenerations_per_group: 1\n")
+    out = tmp_path / "run"
+    argv = [
+        "search", "--model", str(tiny_checkpoint), "--dataset", str(data), "--metric", "edit_sim",
+        "--config", str(config), "--window-size", "8", "--output-dir", str(out), "--disable-tqdm", "true",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    allocation = BudgetAllocation.from_pretrained(out / "allocation")
+    assert allocation.total == 16 * 3 and allocation.window_size == 8
+    assert "mean: 16" in printed
+    # A second run into the same directory must not overwrite it silently...
+    assert main(argv) == 1
+    assert "not empty" in capsys.readouterr().err
+    # ...while --resume continues from the checkpoints (here: already complete).
+    assert main([*argv, "--resume"]) == 0
+    # Bad settings are user errors.
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"target_budget": 16, "no_such_field": 1}')
+    assert main([*argv[:-4], "--config", str(bad), "--output-dir", str(tmp_path / "x")]) == 1
+    assert "no_such_field" in capsys.readouterr().err

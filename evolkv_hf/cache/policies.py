@@ -112,27 +112,26 @@ def snapkv_scores(
     batch, num_heads, window, head_dim = queries.shape
     num_kv_heads, seq = keys.shape[1], keys.shape[2]
     groups = num_heads // num_kv_heads
-    q = queries.float().reshape(batch, num_kv_heads, groups, window, head_dim)
-    logits = torch.einsum("bhgwd,bhtd->bhgwt", q, keys.float()) * scaling
+    # One matmul per KV head for all its query heads: (batch, kv, groups * w, seq), in float32.
+    q = queries.reshape(batch, num_kv_heads, groups * window, head_dim).float()
+    logits = torch.matmul(q, keys.float().transpose(-1, -2)).mul_(scaling)
     if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    # Window query i sits at position seq - window + i and sees keys up to that position.
-    query_pos = torch.arange(seq - window, seq, device=keys.device)
-    allowed = torch.arange(seq, device=keys.device)[None, :] <= query_pos[:, None]  # (w, seq)
-    allowed = allowed[None, :, :]
+        logits = torch.tanh(logits / softcap).mul_(softcap)
+    logits = logits.view(batch, num_kv_heads, groups, window, seq)
+    # Causality only bites inside the window: query i (position seq - w + i) must not see the later window keys.
+    future = torch.ones(window, window, dtype=torch.bool, device=keys.device).triu_(1)
+    logits[..., seq - window :].masked_fill_(future, float("-inf"))
     if key_valid is not None:
-        allowed = allowed & key_valid[:, None, :]
-    logits = logits.masked_fill(~allowed[:, None, None, :, :], float("-inf"))
+        logits.masked_fill_(~key_valid[:, None, None, None, :], float("-inf"))
     weights = torch.softmax(logits, dim=-1)
     # A pad query sees only pads: its row is all -inf (NaN after softmax). Drop those rows.
     if key_valid is not None:
         query_valid = key_valid[:, seq - window :]  # (batch, w)
         weights = torch.where(query_valid[:, None, None, :, None], weights, torch.zeros_like(weights))
         counts = query_valid.sum(dim=-1).clamp(min=1).to(weights.dtype)[:, None, None, None]
-        observed = weights.sum(dim=3) / counts
+        observed = weights[..., :prefix_length].sum(dim=3) / counts
     else:
-        observed = weights.mean(dim=3)  # (batch, kv, groups, seq)
-    observed = observed[..., :prefix_length]
+        observed = weights[..., :prefix_length].mean(dim=3)  # (batch, kv, groups, prefix)
     if kernel_size > 1 and prefix_length > 0:
         flat = observed.reshape(-1, 1, prefix_length)
         pad = kernel_size // 2
