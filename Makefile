@@ -22,7 +22,7 @@ OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 
-.PHONY: demo test lint install-demo install-dev clean-venv
+.PHONY: demo test lint docs install-demo install-dev clean-venv
 
 demo: install-demo
 	$(OFFLINE) $(PY) -m evolkv_hf.demo $(DEMO_ARGS)
@@ -32,6 +32,9 @@ test: install-dev
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5)" >&2; \
 	elif [ $$status -ne 0 ]; then echo "make test: pytest exited with code $$status" >&2; fi; \
 	exit $$status
+
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
@@ -53,7 +56,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install $(PIP_FLAGS) "$(TORCH_SPEC)" -e ".[dev,demo,plot]"
+	$(PIP) install $(PIP_FLAGS) "$(TORCH_SPEC)" -e ".[dev,demo,plot,docs]"
 	$(PIP) install $(PIP_FLAGS) --no-deps $(NO_DEPS_PACKAGES)
 	@touch $@ $(VENV)/.installed-demo
 

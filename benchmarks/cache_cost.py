@@ -33,6 +33,7 @@ import transformers
 from transformers import DynamicCache
 
 from evolkv_hf import EvolKVCache
+from evolkv_hf.cache import kv_memory_bytes
 from evolkv_hf.demo import load_demo_model
 
 RESULTS = Path(__file__).parent / "results" / "cache_cost.json"
@@ -40,12 +41,6 @@ RESULTS = Path(__file__).parent / "results" / "cache_cost.json"
 
 def make_cache(kind: str, model: Any, budget: int) -> Any:
     return DynamicCache(config=model.config) if kind == "dynamic" else EvolKVCache(model, budget)
-
-
-def kv_bytes(cache: Any) -> int:
-    if isinstance(cache, EvolKVCache):
-        return cache.memory_bytes()
-    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
 
 
 @torch.no_grad()
@@ -113,7 +108,7 @@ def main() -> None:
             for kind in ("dynamic", "evolkv"):
                 cache = make_cache(kind, model, args.budget)
                 times[kind].append(prefill(model, ids, cache))
-                results["kv_bytes"].setdefault(f"{kind}_{length}", kv_bytes(cache))
+                results["kv_bytes"].setdefault(f"{kind}_{length}", kv_memory_bytes(cache))
                 del cache
                 gc.collect()
         medians = {kind: statistics.median(values) for kind, values in times.items()}
@@ -149,7 +144,7 @@ def main() -> None:
     )
     for kind, cache in caches.items():
         print(
-            f"K/V held after {decode_length}-token prefill + decode, {kind}: {kv_bytes(cache) / 2**20:.1f} MiB"
+            f"K/V held after {decode_length}-token prefill + decode, {kind}: {kv_memory_bytes(cache) / 2**20:.1f} MiB"
         )
 
     results["machine"] = machine()

@@ -2,5 +2,13 @@
 
 from .allocation import BudgetAllocation
 from .cache import EvolKVCache
+from .search import BudgetSearcher, SearchArguments, SearchCallback, SearchResult
 
-__all__ = ["BudgetAllocation", "EvolKVCache"]
+__all__ = [
+    "BudgetAllocation",
+    "BudgetSearcher",
+    "EvolKVCache",
+    "SearchArguments",
+    "SearchCallback",
+    "SearchResult",
+]

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from .allocation import BudgetAllocation
 from .allocation.hub import atomic_write
 from .inference import encode_samples, generate_answers
+from .inference import model_name as _model_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -424,22 +425,6 @@ def _num_layers(model: Any) -> int:
         raise TypeError(f"evaluate_methods needs a transformers model, got {type(model).__name__}.")
     text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     return int(text_config.num_hidden_layers)
-
-
-def _model_name(model: Any) -> str:
-    name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
-    if not name:
-        return type(model).__name__
-    if os.path.isdir(name):
-        try:
-            from .demo import DEMO_MODEL_ID, demo_checkpoint_dir
-
-            if Path(name).resolve() == demo_checkpoint_dir().resolve():
-                return DEMO_MODEL_ID
-        except Exception:  # the demo module is optional here
-            pass
-        return Path(name).resolve().name
-    return str(name)
 
 
 def _as_dataset(dataset: Any) -> Any:

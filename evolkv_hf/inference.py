@@ -10,8 +10,10 @@ greedy.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,3 +196,20 @@ def generate_answers(
             if progress is not None:
                 progress(len(chunk))
     return answers
+
+
+def model_name(model: Any) -> str:
+    """A readable model name for provenance: the Hub id (the demo model's too), else the directory name."""
+    name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not name:
+        return type(model).__name__
+    if os.path.isdir(name):
+        try:
+            from .demo import DEMO_MODEL_ID, demo_checkpoint_dir
+
+            if Path(name).resolve() == demo_checkpoint_dir().resolve():
+                return DEMO_MODEL_ID
+        except ImportError:  # the demo module is optional here
+            pass
+        return Path(name).resolve().name
+    return str(name)

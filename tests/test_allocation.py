@@ -323,7 +323,7 @@ def test_model_card_metadata_and_content(tmp_path: Path) -> None:
     assert card.data.to_dict()["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     text = card.text
     assert 'cache = EvolKVCache.from_pretrained("me/smollm2-evolkv", model)' in text
-    assert "model.generate(**inputs, past_key_values=cache)" in text
+    assert "model.generate(**inputs, cache=cache)" in text
     assert "| digit_accuracy | 0.583 |" in text and "| uniform | 0.25 |" in text
     assert "| 5 | 40 |" in text  # per-layer table, last layer
     assert "![Per-layer budgets](budgets.png)" in text

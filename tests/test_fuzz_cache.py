@@ -16,12 +16,13 @@ Two hypothesis profiles, registered here rather than in conftest.py:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 from tiny_models import VOCAB, EvictionOracle, greedy
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, PreTrainedModel, Qwen3Config
@@ -69,9 +70,25 @@ class Case:
 
 
 @st.composite
+def budget_for(draw: st.DrawFn, window: int, prompt: int) -> int:
+    """One layer's budget: 1, the window, exactly the prompt, above it, or anything below the prompt."""
+    kind = draw(st.sampled_from(["below", "one", "window", "below", "prompt", "above", "below"]))
+    if kind == "one":
+        return 1
+    if kind == "window":
+        return window
+    if kind == "prompt":
+        return prompt
+    if kind == "above":
+        return draw(st.integers(prompt + 1, prompt + 8))
+    return draw(st.integers(1, max(1, prompt - 1)))
+
+
+@st.composite
 def cases(draw: st.DrawFn) -> Case:
     window = draw(st.integers(1, 8), label="window_size")
-    relation = draw(st.sampled_from(["shorter", "equal", "longer"]), label="prompt vs window")
+    # Mostly prompts longer than the window (where SnapKV selects), but all three relations.
+    relation = draw(st.sampled_from(["longer", "shorter", "longer", "equal", "longer"]), label="prompt vs window")
     if relation == "shorter" and window > 1:
         prompt = draw(st.integers(1, window - 1))
     elif relation == "equal":
@@ -79,14 +96,7 @@ def cases(draw: st.DrawFn) -> Case:
     else:
         prompt = draw(st.integers(window + 1, window + 28))
     num_layers = draw(st.integers(1, 3), label="num_layers")
-    budget = st.one_of(
-        st.just(1),
-        st.just(window),
-        st.just(prompt),
-        st.integers(prompt + 1, prompt + 8),
-        st.integers(1, max(1, prompt - 1)),
-    )
-    budgets = tuple(draw(st.lists(budget, min_size=num_layers, max_size=num_layers), label="budgets"))
+    budgets = tuple(draw(budget_for(window, prompt)) for _ in range(num_layers))
     batch = draw(st.integers(1, 3), label="batch")
     # Left padding, at least one real token per row.
     pads = tuple(draw(st.lists(st.integers(0, prompt - 1), min_size=batch, max_size=batch), label="pads"))
@@ -146,6 +156,12 @@ def make_inputs(case: Case) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def note(label: str) -> None:
+    """Count ``label`` in hypothesis' statistics (``--hypothesis-show-statistics``); a no-op elsewhere."""
+    if currently_in_test_context():
+        event(label)
+
+
 def top2_gap(logits: torch.Tensor) -> torch.Tensor:
     top = logits.float().topk(2, dim=-1).values
     return top[..., 0] - top[..., 1]
@@ -171,8 +187,75 @@ def assert_matches_oracle(ours, reference) -> None:
                 f"step {step}: tokens differ in rows {rows.tolist()} although the logits agree and the "
                 f"top-2 gaps are {gaps.tolist()}"
             )
+            note("greedy tie broken differently")
             return  # a tie broke differently: later steps continue from different tokens
     assert torch.equal(ours.sequences, reference.sequences)
+
+
+def reference_scores(case: Case, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer, the selection scores of the prefix positions, ``(batch, kv_heads, prefix)``, computed
+    independently of the cache: from the attention probabilities an eager forward returns
+    (``output_attentions=True``), not from recomputed queries."""
+    model = build_model(dataclasses.replace(case, attn="eager"))
+    with torch.no_grad():
+        attentions = model(**inputs, output_attentions=True).attentions
+    length = case.prompt_length
+    window = min(case.window_size, length)
+    prefix = length - window
+    valid = inputs["attention_mask"].bool()
+    query_valid = valid[:, length - window :].float()  # pad queries see only pads: dropped
+    batch = len(case.pads)
+    scores = []
+    for probs in attentions:
+        window_probs = probs.float()[:, :, length - window :, :prefix] * query_valid[:, None, :, None]
+        observed = window_probs.sum(dim=2) / query_valid.sum(dim=-1).clamp(min=1)[:, None, None]
+        if case.kernel_size > 1 and prefix > 0:
+            pool = torch.nn.functional.avg_pool1d if case.pooling == "avg" else torch.nn.functional.max_pool1d
+            flat = pool(observed.reshape(-1, 1, prefix), case.kernel_size, 1, case.kernel_size // 2)
+            observed = flat[..., :prefix].reshape(observed.shape)
+        # Query head h reads KV head h // gqa_ratio.
+        grouped = observed.reshape(batch, case.num_kv_heads, case.gqa_ratio, prefix)
+        layer_scores = grouped.mean(dim=2) if case.gqa_aggregation == "mean" else grouped.amax(dim=2)
+        scores.append(layer_scores.masked_fill(~valid[:, None, :prefix], float("-inf")))
+    return scores
+
+
+def expected_streaming(case: Case, row: int, keep: int) -> set[int]:
+    """Real prefix positions StreamingLLM keeps in ``row``: the first sinks, then the most recent."""
+    prefix = case.prompt_length - min(case.window_size, case.prompt_length)
+    real = list(range(case.pads[row], prefix))
+    sinks = real[: min(case.num_sink_tokens, keep)]
+    rest = [p for p in real if p not in sinks]
+    recent = rest[len(rest) - min(len(rest), keep - len(sinks)) :]
+    return set(sinks) | set(recent)
+
+
+def check_selection(case: Case, cache: EvolKVCache, inputs: dict[str, torch.Tensor]) -> None:
+    """The kept prefix positions are the best-scored ones (tie-robust: no evicted real position scores
+    higher than a kept one) and as many real positions as the budget allows."""
+    length = case.prompt_length
+    window = min(case.window_size, length)
+    prefix = length - window
+    scores = reference_scores(case, inputs) if case.policy == "snapkv" else None
+    for index, budget in enumerate(case.budgets):
+        if budget >= length or budget <= window:
+            continue  # nothing evicted, or only the last `budget` tokens kept (checked by the caller)
+        note(f"selection checked ({case.policy})")
+        keep = budget - window
+        kept = cache.kept_positions(index)[..., :keep]
+        for row, pad_count in enumerate(case.pads):
+            for head in range(case.num_kv_heads):
+                kept_real = {int(p) for p in kept[row, head] if p >= pad_count}
+                assert len(kept_real) == min(keep, max(0, prefix - pad_count)), (index, row, head)
+                if scores is None:
+                    assert kept_real == expected_streaming(case, row, keep), (index, row, head)
+                    continue
+                row_scores = scores[index][row, head]
+                evicted = [p for p in range(pad_count, prefix) if p not in kept_real]
+                if kept_real and evicted:
+                    lowest_kept = min(float(row_scores[p]) for p in kept_real)
+                    highest_evicted = max(float(row_scores[p]) for p in evicted)
+                    assert lowest_kept >= highest_evicted - 1e-6, (index, row, head, lowest_kept, highest_evicted)
 
 
 def check_case(case: Case) -> None:
@@ -198,6 +281,7 @@ def check_case(case: Case) -> None:
         reference_model, inputs, past_key_values=DynamicCache(), max_new_tokens=new, min_new_tokens=new
     )
     assert_matches_oracle(ours, reference)
+    check_selection(case, cache, inputs)
 
     # The documented length contract and what a layer holds.
     expected = [min(budget, case.prompt_length) + new - 1 for budget in case.budgets]
@@ -233,6 +317,9 @@ def check_case(case: Case) -> None:
 @FUZZ
 @given(case=cases())
 def test_cache_matches_oracle_on_random_configs(case: Case) -> None:
+    compressed = sum(budget < case.prompt_length for budget in case.budgets)
+    note(f"compressed layers: {compressed} of {case.num_layers}")
+    note("left-padded batch" if any(case.pads) else "no padding")
     check_case(case)
 
 
@@ -244,6 +331,8 @@ PINNED = [
     Case("qwen3", "eager", 3, 1, 2, 16, (2, 5, 9), 5, (0, 3), 3, "snapkv", 8, 4, "avg", "mean", 4, 2),
     # streaming with more sinks than the budget leaves room for, window 1
     Case("llama", "eager", 2, 2, 1, 16, (3, 12), 30, (4, 0), 5, "streaming", 1, 1, "avg", "mean", 4, 3),
+    # SnapKV selection with pooling over a padded batch, budgets between the window and the prompt
+    Case("llama", "eager", 3, 2, 2, 16, (7, 12, 20), 28, (0, 9), 3, "snapkv", 4, 5, "avg", "max", 4, 5),
     # budget exactly the window, even kernel
     Case("qwen3", "sdpa", 2, 2, 2, 8, (6, 6), 25, (0, 10, 24), 2, "snapkv", 6, 2, "max", "mean", 0, 4),
 ]

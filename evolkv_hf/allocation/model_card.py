@@ -121,7 +121,7 @@ def render_model_card(
         "from evolkv_hf import EvolKVCache\n\n"
         f"{load_model}\n"
         f'cache = EvolKVCache.from_pretrained("{repo}", model)\n'
-        "outputs = model.generate(**inputs, past_key_values=cache)\n```"
+        "outputs = model.generate(**inputs, cache=cache)  # past_key_values=cache before transformers 5.24\n```"
     )
     sections = [
         f"# EvolKV per-layer KV-cache budgets for {model_name}",

@@ -192,12 +192,7 @@ class EvolKVCache(Cache):
 
     def memory_bytes(self) -> int:
         """Bytes of keys and values actually held, over all layers."""
-        total = 0
-        for layer in self.layers:
-            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-            if isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor):
-                total += keys.numel() * keys.element_size() + values.numel() * values.element_size()
-        return total
+        return kv_memory_bytes(self)
 
     def __repr__(self) -> str:
         return (
@@ -237,6 +232,22 @@ class EvolKVCache(Cache):
                 **{cache_kwarg: self},
             )
         return self._mask_memo[key]
+
+
+def kv_memory_bytes(cache: Cache) -> int:
+    """Bytes of keys and values held by any transformers ``Cache`` (``DynamicCache``, ``EvolKVCache``, ...).
+
+    Example
+    -------
+    >>> kv_memory_bytes(DynamicCache())  # doctest: +SKIP
+    0
+    """
+    total = 0
+    for layer in cache.layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def _text_config(model: Any) -> Any:

@@ -174,6 +174,9 @@ class ProgressCallback(SearchCallback):
                 total=total, desc="candidates", leave=False, unit="cand", dynamic_ncols=True
             )
         self._candidates.update(1)
+        if self._candidates.n >= self._candidates.total:  # the population (or the baseline) is done
+            self._candidates.close()
+            self._candidates = None
 
     def on_generation_end(
         self, args: SearchArguments, state: SearchState, control: SearchControl, **kwargs: Any

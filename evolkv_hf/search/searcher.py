@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allocation import BudgetAllocation
-from ..inference import EncodedSample, encode_samples, generate_answers
+from ..inference import EncodedSample, encode_samples, generate_answers, model_name
 from .arguments import SearchArguments
 from .callbacks import (
     CallbackHandler,
@@ -432,7 +432,6 @@ class BudgetSearcher:
 
     def _with_provenance(self, budgets: list[int], score: float) -> BudgetAllocation:
         args = self.args
-        config = self.model.config
         task = None
         if "task" in getattr(self.train_dataset, "column_names", []):
             task = str(self.train_dataset[0]["task"])
@@ -443,7 +442,7 @@ class BudgetSearcher:
             pooling=args.pooling,
             policy="snapkv",
             target_mean_budget=float(args.target_budget),
-            base_model=getattr(config, "_name_or_path", None) or None,
+            base_model=model_name(self.model),
             task=task,
             metric_name=self.metric_key,
             metric_value=None if math.isnan(score) else float(score),

@@ -1,0 +1,234 @@
+"""Reproduce the published results: learned allocations vs the heuristics on held-out samples.
+
+For one task on the demo model (SmolLM2-135M-Instruct):
+
+1. generates ``--search-samples + --eval-samples`` samples; the first ones are the search set, the rest
+   the held-out set (disjoint by construction);
+2. for each seed, searches an allocation at ``--target-budget`` (EvolKV: group-wise CMA-ES, the task's
+   partial-credit metric as f(S)) unless ``results/allocations/<name>/`` already holds it, and saves it
+   there with its model card;
+3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
+   held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
+   at each budget, with the task's default metric and a 95% bootstrap interval;
+4. merges the rows into ``results/summary.json`` and writes a score-vs-budget plot.
+
+The held-out evaluation uses the prefill-once engine (identical answers to ``generate`` with an
+``EvolKVCache``; tested), in chunks of ``--chunk`` samples to bound memory.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 python results/reproduce.py --task niah_single --context-length 2048 \\
+        --search-samples 30 --eval-samples 200 --target-budget 128 --seeds 0,1 --generations 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from evolkv_hf import BudgetAllocation
+from evolkv_hf.demo import DEMO_MODEL_ID, load_demo_model
+from evolkv_hf.inference import encode_samples
+from evolkv_hf.metrics import bootstrap_ci, per_sample_scores
+from evolkv_hf.search import BudgetSearcher, CacheOptions, PrefillOnceEngine, SearchArguments
+from evolkv_hf.tasks import TASKS, load_task
+
+ROOT = Path(__file__).parent
+HEURISTICS = ("uniform", "pyramid", "streaming")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", default="niah_single")
+    parser.add_argument("--context-length", type=int, default=2048)
+    parser.add_argument("--search-samples", type=int, default=30)
+    parser.add_argument("--eval-samples", type=int, default=200)
+    parser.add_argument("--target-budget", type=int, default=128)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--generations", type=int, default=4, help="CMA-ES generations per group")
+    parser.add_argument("--population", type=int, default=10)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--constraint", default="penalty", choices=["penalty", "project"])
+    parser.add_argument("--budgets", default="128,256,512")
+    parser.add_argument("--chunk", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    return parser.parse_args()
+
+
+def search(
+    args: argparse.Namespace, model: Any, tokenizer: Any, train: Any, seed: int
+) -> tuple[BudgetAllocation, float]:
+    name = f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}__seed{seed}"
+    directory = ROOT / "allocations" / name
+    if (directory / "allocation.json").is_file():
+        allocation = BudgetAllocation.from_pretrained(directory)
+        return allocation, float(allocation.extra.get("search_seconds", float("nan")))
+    search_args = SearchArguments(
+        output_dir=str(ROOT / "runs" / name),
+        target_budget=args.target_budget,
+        group_size=args.group_size,
+        population_size=args.population,
+        generations_per_group=args.generations,
+        constraint=args.constraint,
+        seed=seed,
+        eval_batch_size=args.batch_size,
+        save_total_limit=1,
+        overwrite_output_dir=True,
+    )
+    metric = TASKS[args.task].partial_credit_metric
+    start = time.perf_counter()
+    searcher = BudgetSearcher(model, search_args, train, processing_class=tokenizer, metric=metric)
+    result = searcher.search()
+    seconds = time.perf_counter() - start
+    allocation = dataclasses.replace(
+        result.allocation,
+        base_model=DEMO_MODEL_ID,
+        extra={
+            **result.allocation.extra,
+            "search_seconds": round(seconds, 1),
+            "context_length": args.context_length,
+        },
+    )
+    allocation.save_pretrained(directory, overwrite=True)
+    return allocation, seconds
+
+
+def evaluate(
+    args: argparse.Namespace,
+    model: Any,
+    tokenizer: Any,
+    held_out: Any,
+    methods: dict[str, dict[int, list[int]]],
+) -> dict[tuple[str, int], list[float]]:
+    """Per-sample scores of every method at every budget (full cache under budget 0)."""
+    metric = TASKS[args.task].default_metric
+    scores: dict[tuple[str, int], list[float]] = {}
+    samples = encode_samples(held_out, tokenizer)
+    references = [list(a) for a in held_out["answers"]]
+    layers = model.config.num_hidden_layers
+    for start in range(0, len(samples), args.chunk):
+        chunk, refs = samples[start : start + args.chunk], references[start : start + args.chunk]
+        longest = max(len(s.prompt_ids) for s in chunk)
+        for policy in ("snapkv", "streaming"):
+            engine = PrefillOnceEngine(
+                model, tokenizer, chunk, CacheOptions(policy=policy), batch_size=args.batch_size
+            )
+            for method, per_budget in methods.items():
+                if (method == "streaming") != (policy == "streaming"):
+                    continue
+                for budget, budgets in per_budget.items():
+                    if method == "full":
+                        budgets = [longest] * layers
+                    answers = engine.answers(budgets)
+                    scores.setdefault((method, budget), []).extend(per_sample_scores(metric, answers, refs))
+            del engine
+        print(
+            f"  evaluated {min(start + args.chunk, len(samples))}/{len(samples)} held-out samples", flush=True
+        )
+    return scores
+
+
+def main() -> None:
+    args = parse_args()
+    model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype))
+    layers = model.config.num_hidden_layers
+    total = args.search_samples + args.eval_samples
+    data = load_task(args.task, tokenizer, args.context_length, total, seed=0)
+    train = data.select(range(args.search_samples))
+    held_out = data.select(range(args.search_samples, total))
+    budgets = [int(b) for b in args.budgets.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    methods: dict[str, dict[int, list[int]]] = {"full": {0: []}}
+    for budget in budgets:
+        methods.setdefault("uniform", {})[budget] = BudgetAllocation.uniform(layers, budget).budgets
+        methods.setdefault("pyramid", {})[budget] = BudgetAllocation.pyramid(layers, budget).budgets
+        methods.setdefault("streaming", {})[budget] = BudgetAllocation.uniform(layers, budget).budgets
+    search_info = {}
+    for seed in seeds:
+        print(f"search seed {seed}", flush=True)
+        allocation, seconds = search(args, model, tokenizer, train, seed)
+        name = f"evolkv_seed{seed}"
+        search_info[name] = {
+            "budgets": allocation.budgets,
+            "search_seconds": seconds,
+            "search_score": allocation.metric_value,
+        }
+        for budget in budgets:
+            methods.setdefault(name, {})[budget] = allocation.rescale(budget).budgets
+
+    start = time.perf_counter()
+    scores = evaluate(args, model, tokenizer, held_out, methods)
+    eval_seconds = time.perf_counter() - start
+    metric = TASKS[args.task].default_metric
+    rows = []
+    for (method, budget), values in sorted(scores.items()):
+        low, high = bootstrap_ci(values, seed=0)
+        rows.append(
+            {
+                "task": args.task,
+                "context_length": args.context_length,
+                "method": method,
+                "budget": budget if budget else "full",
+                "metric": metric,
+                "score": round(sum(values) / len(values), 2),
+                "ci_low": round(low, 2),
+                "ci_high": round(high, 2),
+                "n": len(values),
+            }
+        )
+        print(f"{method:16} {budget or 'full':>5}: {rows[-1]['score']:6.1f} [{low:5.1f}, {high:5.1f}]")
+
+    summary_path = ROOT / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"runs": {}}
+    summary["runs"][f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}"] = {
+        "rows": rows,
+        "searches": search_info,
+        "settings": vars(args),
+        "eval_seconds": round(eval_seconds, 1),
+        "model": DEMO_MODEL_ID,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "machine": platform.platform(),
+        "command": "python results/reproduce.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+    }
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, ROOT / f"{args.task}__{args.context_length}__scores.png", args, rows)
+    print(f"wrote {summary_path}")
+
+
+def plot(summary: dict[str, Any], path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for method in sorted({r["method"] for r in rows if r["budget"] != "full"}):
+        points = sorted((r["budget"], r["score"]) for r in rows if r["method"] == method)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    full = [r["score"] for r in rows if r["method"] == "full"]
+    if full:
+        axes.axhline(full[0], color="black", linestyle="--", label="full cache")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("mean KV budget per layer (tokens)")
+    axes.set_ylabel(rows[0]["metric"])
+    axes.set_title(f"{args.task}, {args.context_length} tokens, SmolLM2-135M-Instruct")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
