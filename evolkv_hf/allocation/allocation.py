@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import platform
+import reprlib
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -62,10 +63,26 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+# Ranges of the schema. Allocation files come from anywhere (any Hub repo): values outside them are refused
+# when loaded rather than failing later (float overflow in `mean`, torch overflow in pooling, huge cards).
+MAX_LAYERS = 4096
+MAX_TOKENS = 2**31 - 1  # budgets, window_size, kernel_size
+MAX_STRING_LENGTH = 4096  # base_model, base_model_revision, task, metric_name, policy, created_at
+
+
 # -- field validators (raise TypeError for wrong types, ValueError for wrong values) --------------------------
 def _opt_str(name: str, value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a string or None, got {type(value).__name__} {value!r}.")
+    if value is not None and len(value) > MAX_STRING_LENGTH:
+        raise ValueError(f"{name} has {len(value)} characters; at most {MAX_STRING_LENGTH} are allowed.")
+
+
+def _token_count(name: str, value: object) -> int:
+    number = check_positive_int(name, value)
+    if number > MAX_TOKENS:
+        raise ValueError(f"{name} = {number} is larger than the maximum of {MAX_TOKENS} tokens.")
+    return number
 
 
 def _opt_int(name: str, value: object, minimum: int) -> int | None:
@@ -211,6 +228,10 @@ class BudgetAllocation(
             raise TypeError(f"budgets must be a list of ints, got {type(budgets).__name__} {budgets!r}.")
         if not budgets:
             raise ValueError("budgets must contain one budget per decoder layer, got an empty list.")
+        if len(budgets) > MAX_LAYERS:
+            raise ValueError(
+                f"budgets has {len(budgets)} entries; at most {MAX_LAYERS} decoder layers are supported."
+            )
         clean: list[int] = []
         for i, budget in enumerate(budgets):
             if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
@@ -222,6 +243,10 @@ class BudgetAllocation(
                     f"budgets[{i}] = {budget}: every layer needs a budget >= 1 token (a layer cannot be evicted "
                     "entirely). Use rescale(mean_budget) to rebalance."
                 )
+            if budget > MAX_TOKENS:
+                raise ValueError(
+                    f"budgets[{i}] = {budget} is larger than the maximum of {MAX_TOKENS} tokens."
+                )
             clean.append(int(budget))
         set_ = object.__setattr__
         set_(self, "budgets", clean)
@@ -232,15 +257,15 @@ class BudgetAllocation(
                 "(omit num_layers to infer it)."
             )
         set_(self, "num_layers", len(clean))
-        set_(self, "window_size", check_positive_int("window_size", self.window_size))
-        set_(self, "kernel_size", check_positive_int("kernel_size", self.kernel_size))
+        set_(self, "window_size", _token_count("window_size", self.window_size))
+        set_(self, "kernel_size", _token_count("kernel_size", self.kernel_size))
         pooling = _POOLING_ALIASES.get(self.pooling, self.pooling) if isinstance(self.pooling, str) else None
         if pooling not in POOLING_CHOICES:
             raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}.")
         set_(self, "pooling", pooling)
         if not isinstance(self.policy, str) or not self.policy:
             raise TypeError(f"policy must be a non-empty string, got {self.policy!r}.")
-        for name in ("base_model", "base_model_revision", "task", "metric_name", "created_at"):
+        for name in ("policy", "base_model", "base_model_revision", "task", "metric_name", "created_at"):
             _opt_str(name, getattr(self, name))
         if self.created_at is not None:
             try:
@@ -475,9 +500,14 @@ class BudgetAllocation(
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
+            # Bounded: the keys and the version come from a file that may be hostile.
+            shown = f"{[key[:100] for key in unknown[:20]]}" + (
+                f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            )
             warnings.warn(
-                f"Ignoring unknown allocation fields {unknown} (format version {data['format_version']!r}); they "
-                "were probably written by a newer evolkv_hf. Upgrade with `pip install -U evolkv-hf` to keep them.",
+                f"Ignoring unknown allocation fields {shown} (format version "
+                f"{reprlib.repr(data['format_version'])}); they were probably written by a newer evolkv_hf. "
+                "Upgrade with `pip install -U evolkv-hf` to keep them.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -671,7 +701,10 @@ class BudgetAllocation(
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"Invalid allocation file {path}: {err}") from err
+            reason = str(err)
+            if len(reason) > 1000:  # a message quoting a huge field of an untrusted file
+                reason = reason[:1000] + " [...]"
+            raise type(err)(f"Invalid allocation file {path}: {reason}") from err
 
     def push_to_hub(
         self,

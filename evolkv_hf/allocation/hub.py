@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 ALLOCATION_FILE = "allocation.json"
+MAX_FILE_BYTES = 16 * 2**20
+"""Largest ``allocation.json`` read (16 MiB); the file of a 4096-layer allocation takes well under 1 MiB."""
 
 
 class AllocationPushError(OSError):
@@ -52,15 +54,42 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:  # parsers disagree on which copy wins: refuse rather than guess
+            raise ValueError(f"duplicate key {key[:100]!r}")
+        data[key] = value
+    return data
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_json_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON object from ``path``, raising ``ValueError`` with a fix when it is corrupt."""
+    """Read a JSON object from ``path``, raising ``ValueError`` with a fix when it is corrupt.
+
+    The file is untrusted (it may come from any Hub repo): it must be a regular file of at most
+    ``MAX_FILE_BYTES`` holding strict JSON (UTF-8, no ``NaN``/``Infinity``, no duplicate keys).
+    """
     path = Path(path)
-    raw = path.read_bytes()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a directory, a device, a FIFO or a broken symlink).")
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
         raise ValueError(
-            f"{path} is not valid JSON ({err}); the file is corrupt or truncated. Save the allocation again, "
+            f"{path} is larger than {MAX_FILE_BYTES // 2**20} MiB; an allocation.json takes a few kB. Refusing to "
+            "parse it."
+        )
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # ValueError covers json.JSONDecodeError, the checks above and integers of more than 4300 digits.
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(
+            f"{path} is not valid JSON ({reason}); the file is corrupt or truncated. Save the allocation again, "
             "or re-download it with `force_download=True`."
         ) from err
     if not isinstance(data, dict):
@@ -93,7 +122,7 @@ def locate_allocation_file(
     """
     if os.path.isdir(model_id):
         path = Path(model_id) / ALLOCATION_FILE
-        if not path.is_file():
+        if not path.is_file() and not os.path.lexists(path):
             raise FileNotFoundError(
                 f"No {ALLOCATION_FILE} in directory {model_id!r}. Point to a directory written by "
                 "BudgetAllocation.save_pretrained, or to a Hub repo id."

@@ -59,11 +59,13 @@ def save_checkpoint(
     try:
         root.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".{PREFIX}{number}.tmp-", dir=root))
-        (temporary / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default) + "\n")
-        with open(temporary / OPTIMIZER_FILE, "wb") as handle:
-            handle.write(optimizer_state)
-            handle.flush()
-            os.fsync(handle.fileno())
+        payload = (json.dumps(state, indent=1, default=_json_default) + "\n").encode("utf-8")
+        # Both files reach the disk before the rename: after a power cut the renamed directory is complete.
+        for name, data in ((STATE_FILE, payload), (OPTIMIZER_FILE, optimizer_state)):
+            with open(temporary / name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         if target.exists():
             shutil.rmtree(target)
         os.replace(temporary, target)
@@ -78,6 +80,9 @@ def save_checkpoint(
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+    # Temporary directories of writes that a killed process never finished.
+    for stale in root.glob(f".{PREFIX}*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     if save_total_limit is not None:
         for old in checkpoint_dirs(root)[:-save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)

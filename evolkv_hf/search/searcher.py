@@ -27,7 +27,7 @@ from .callbacks import (
     SearchState,
     integration_callbacks,
 )
-from .checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
 from .engine import CacheOptions, FitnessEngine, PlainEngine, PrefillOnceEngine
 from .fitness import cache_score, combined_fitness
 from .strategy import GroupStrategy
@@ -35,6 +35,7 @@ from .strategy import GroupStrategy
 logger = logging.getLogger(__name__)
 
 ALLOCATION_DIR = "allocation"
+LOG_FILE = "search_log.jsonl"
 STATE_VERSION = 1
 
 
@@ -125,7 +126,7 @@ class BudgetSearcher:
         if not args.disable_tqdm and self.is_main_process:
             handlers.append(ProgressCallback())
         if self.is_main_process:
-            handlers.append(JsonlLoggerCallback(Path(args.output_dir) / "search_log.jsonl"))
+            handlers.append(JsonlLoggerCallback(Path(args.output_dir) / LOG_FILE))
             handlers.extend(integration_callbacks(args.report_to, args.output_dir))
         handlers.extend(callbacks or [])
         self.callback_handler = CallbackHandler(handlers)
@@ -280,6 +281,11 @@ class BudgetSearcher:
         """
         args = self.args
         output_dir = Path(args.output_dir)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise NotADirectoryError(
+                f"output_dir {output_dir} is a file, not a directory: choose another output_dir (checkpoints, the "
+                "log and the allocation are written into it)."
+            )
         groups = self._groups()
         uniform = [round(args.target_budget)] * self.num_layers
         uniform = [min(max(b, args.min_budget or 1), args.max_budget or b) for b in uniform]
@@ -288,6 +294,8 @@ class BudgetSearcher:
         checkpoint_path = self._resolve_resume(resume_from_checkpoint, output_dir)
         if checkpoint_path is not None:
             strategy = self._restore(checkpoint_path, groups)
+            if self.is_main_process:  # resuming a checkpoint from elsewhere into a new output_dir
+                output_dir.mkdir(parents=True, exist_ok=True)
         else:
             self._check_output_dir(output_dir)
             self.state = SearchState(
@@ -518,7 +526,7 @@ class BudgetSearcher:
         if self.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
             # overwrite_output_dir: a new search must not be mixed with an old one's log and checkpoints.
-            log = output_dir / "search_log.jsonl"
+            log = output_dir / LOG_FILE
             if log.exists():
                 log.unlink()
             for old in checkpoint_dirs(output_dir):
@@ -532,15 +540,31 @@ class BudgetSearcher:
             if path is None:
                 raise FileNotFoundError(f"resume_from_checkpoint=True but {output_dir} holds no checkpoint.")
             return path
-        return Path(resume)
+        if isinstance(resume, bool) or not isinstance(resume, (str, os.PathLike)):
+            raise TypeError(
+                "resume_from_checkpoint takes True, None or the path of a checkpoint-<n> directory, got "
+                f"{type(resume).__name__} {resume!r}."
+            )
+        text = os.fspath(resume)
+        if not text or not os.path.isdir(text):
+            # A checkpoint holds a pickled optimiser state: it is only ever read from a local directory.
+            raise CheckpointError(
+                f"resume_from_checkpoint={text!r} is not an existing local directory. It takes True (the latest "
+                "checkpoint in output_dir) or the path of a checkpoint-<n> directory written by a search; "
+                "checkpoints are never loaded from a Hub repo or a URL."
+            )
+        return Path(text)
 
     def _state_dict(self) -> dict[str, Any]:
+        log = Path(self.args.output_dir) / LOG_FILE
         return {
             "version": STATE_VERSION,
             "search_state": dataclasses.asdict(self.state),
             "fitness_cache": self._fitness_cache,
             "args": self.args.to_dict(),
             "versions": _versions(),
+            # How much of the JSONL log this state accounts for; a resume drops what was logged after it.
+            "log_bytes": log.stat().st_size if self.is_main_process and log.is_file() else 0,
         }
 
     def _save(self, strategy: GroupStrategy | None) -> None:
@@ -571,7 +595,17 @@ class BudgetSearcher:
             raise ValueError(
                 "Cannot resume: the checkpoint was written for a model with a different layer count."
             )
+        self._truncate_log(payload.get("log_bytes"))
         return GroupStrategy.from_state_bytes(optimizer_state) if optimizer_state else None
+
+    def _truncate_log(self, log_bytes: Any) -> None:
+        """Drop the log entries a killed run wrote after the checkpoint being resumed (they are redone)."""
+        log = Path(self.args.output_dir) / LOG_FILE
+        if not self.is_main_process or isinstance(log_bytes, bool) or not isinstance(log_bytes, int):
+            return
+        if log.is_file() and log.stat().st_size > log_bytes:
+            with open(log, "r+b") as handle:
+                handle.truncate(log_bytes)
 
     # ------------------------------------------------------------------ events
     def _fire(self, event: str, **kwargs: Any) -> None:
