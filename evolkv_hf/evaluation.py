@@ -456,25 +456,16 @@ def _task_name(dataset: Any, task_name: str | None) -> str:
     return tasks[0]
 
 
-def _metric_label(metric: Any) -> str:
-    modules = getattr(metric, "evaluation_modules", None)
-    if modules:  # evaluate.CombinedEvaluations
-        return "+".join(str(getattr(module, "name", type(module).__name__)) for module in modules)
-    name = getattr(metric, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    return str(getattr(metric, "__name__", type(metric).__name__))
-
-
 def resolve_metric(metric: Any, task: str) -> tuple[Any, str]:
-    """The metric object and its name: a registered name, a local ``evaluate`` script/folder, a module or a callable.
-
-    ``None`` picks the task's default metric (``TASKS[task].default_metric``).
+    """The metric object and its name (see :func:`evolkv_hf.metrics.resolve_metric`); ``None`` picks the
+    task's default metric (``TASKS[task].default_metric``).
 
     Example
     -------
     >>> metric, name = resolve_metric("string_match_all", "needle")  # doctest: +SKIP
     """
+    from .metrics import resolve_metric as resolve
+
     if metric is None:
         from .tasks import TASKS
 
@@ -484,23 +475,8 @@ def resolve_metric(metric: Any, task: str) -> tuple[Any, str]:
                 f"Task {task!r} is not a built-in task ({', '.join(sorted(TASKS))}), so it has no default "
                 "metric; pass metric= (a metric name, an evaluate module or a callable)."
             )
-        metric = spec.default_metric
-    if isinstance(metric, os.PathLike):
-        metric = os.fspath(metric)
-    if isinstance(metric, str):
-        from .metrics import METRICS, load_metric
-
-        if metric not in METRICS and os.path.exists(metric):
-            import evaluate
-
-            module = evaluate.load(metric)
-            return module, _metric_label(module)
-        return load_metric(metric), metric
-    if hasattr(metric, "compute") or callable(metric):
-        return metric, _metric_label(metric)
-    raise TypeError(
-        f"metric must be a name, an evaluate module or a callable(predictions, references), got {metric!r}."
-    )
+        return resolve(spec.default_metric)
+    return resolve(metric)
 
 
 def _check_metric(metric: Any, name: str, key: str | None) -> str | None:

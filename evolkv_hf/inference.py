@@ -132,9 +132,11 @@ def generate_batch(
         input_ids, attention_mask = left_pad([s.prompt_ids for s in batch], pad, device)
     else:
         context_ids, context_mask = left_pad([s.context_ids for s in batch], pad, device)
+        # Positions from the padding mask, as generate computes them for the question that follows.
         model(
             input_ids=context_ids,
             attention_mask=context_mask,
+            position_ids=(context_mask.cumsum(-1) - 1).clamp_min(0),
             use_cache=True,
             logits_to_keep=1,
             **{keyword: cache},

@@ -41,9 +41,13 @@ def test_prefill_once_equals_plain_path(attn, mode):
     samples = encoded_samples(5, mode)
     options = CacheOptions(window_size=4, kernel_size=3)
     plain = PlainEngine(model, IdTokenizer(), samples, options, batch_size=1)
+    # Regression: batched query-agnostic prefills used positions shifted by each row's left padding.
+    plain_batched = PlainEngine(model, IdTokenizer(), samples, options, batch_size=3)
     fast = PrefillOnceEngine(model, IdTokenizer(), samples, options, batch_size=3)
     for budgets in CANDIDATES:
-        assert fast.answers(budgets) == plain.answers(budgets)
+        expected = plain.answers(budgets)
+        assert fast.answers(budgets) == expected
+        assert plain_batched.answers(budgets) == expected
 
 
 def test_memory_cap_recomputes_samples_beyond_it():
@@ -63,3 +67,24 @@ def test_budget_below_window_is_refused():
     )
     with pytest.raises(ValueError, match="window_size"):
         engine.answers([3, 8, 8])
+
+
+def test_query_agnostic_batch_prefills_context_at_true_positions():
+    # Regression: the context prefill of a left-padded query-agnostic batch used arange positions, so
+    # padded rows sat `pad` positions too far right of the question that generate placed after them.
+    from evolkv_hf.inference import generate_batch
+
+    model = tiny_model("llama")
+    samples = encoded_samples(3, QUERY_AGNOSTIC)
+    seen = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True
+    )
+    try:
+        generate_batch(model, IdTokenizer(), samples, None)
+    finally:
+        handle.remove()
+    context_positions = seen[0]
+    lengths = [len(s.context_ids) for s in samples]
+    for row, length in enumerate(lengths):
+        assert context_positions[row, -length:].tolist() == list(range(length))

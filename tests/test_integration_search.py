@@ -58,6 +58,7 @@ def test_short_search_on_demo_model(demo_model_and_tokenizer, niah, tmp_path):
     assert min(result.allocation.budgets) >= 32
     assert set(result.allocation.scores) == {
         "search_best_score",
+        "search_completed_score",
         "eval_evolkv",
         "eval_uniform",
         "eval_pyramid",

@@ -291,6 +291,34 @@ def test_checkpoint_write_failure_keeps_last_good(tmp_path, monkeypatch):
     assert not [p for p in run.iterdir() if ".tmp-" in p.name]
 
 
+def test_engine_setup_errors_surface_instead_of_scoring_every_candidate(tmp_path):
+    # Regression: an engine that cannot be built (here: Gemma2's sliding layers) used to give every
+    # candidate the worst fitness and end on the uniform scheme.
+    searcher = BudgetSearcher(
+        tiny_model("gemma2", num_layers=2), small_args(tmp_path), dataset(), processing_class=tiny_tokenizer(),
+        metric=digit_overlap,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="engine='plain'"):
+        searcher.search()
+
+
+def test_non_finite_scores_do_not_lose_the_allocation(tmp_path):
+    calls = {"n": 0}
+
+    def nan_after_probe(predictions, references):
+        calls["n"] += 1
+        return {"overlap": 50.0 if calls["n"] <= 2 else float("nan")}  # probe + baseline are finite
+
+    searcher = BudgetSearcher(
+        tiny_model("llama", num_layers=3), small_args(tmp_path), dataset(), eval_dataset=dataset(2),
+        processing_class=tiny_tokenizer(), metric=nan_after_probe,
+    )  # fmt: skip
+    result = searcher.search()
+    saved = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
+    assert saved.budgets == result.allocation.budgets
+    assert all(math.isfinite(v) for v in saved.scores.values())
+
+
 class TestClearErrors:
     def test_existing_output_dir_is_not_overwritten(self, tmp_path):
         (tmp_path / "run").mkdir()

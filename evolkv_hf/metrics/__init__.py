@@ -17,7 +17,7 @@ Examples
 [100.0, 72.7]
 """
 
-from .compute import MetricLike, compute_metric, per_sample_scores
+from .compute import MetricLike, compute_metric, metric_label, per_sample_scores, resolve_metric
 from .registry import METRICS, load_metric, metric_path
 from .scoring import normalize_answer
 from .stats import bootstrap_ci
@@ -28,7 +28,9 @@ __all__ = [
     "bootstrap_ci",
     "compute_metric",
     "load_metric",
+    "metric_label",
     "metric_path",
     "normalize_answer",
     "per_sample_scores",
+    "resolve_metric",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -179,3 +180,48 @@ def per_sample_scores(
         else:
             raise ValueError(f"key {key!r} is not among the metric's scores {sorted(result)}")
     return scores
+
+
+def metric_label(metric: Any) -> str:
+    """A readable name for a metric object (``a+b`` for ``evaluate.combine`` results)."""
+    modules = getattr(metric, "evaluation_modules", None)
+    if modules:  # evaluate.CombinedEvaluations
+        return "+".join(str(getattr(module, "name", type(module).__name__)) for module in modules)
+    name = getattr(metric, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return str(getattr(metric, "__name__", type(metric).__name__))
+
+
+def resolve_metric(metric: Any, default: str | None = None) -> tuple[Any, str]:
+    """The metric object and its name, from a registered name, a local ``evaluate`` script or folder, an
+    evaluate module (or ``evaluate.combine`` result) or a callable; ``None`` takes ``default``.
+
+    Example
+    -------
+    >>> metric, name = resolve_metric("qa_f1")
+    >>> name
+    'qa_f1'
+    """
+    if metric is None:
+        if default is None:
+            raise ValueError(
+                "No metric given and no default: pass a metric name, an evaluate module or a callable."
+            )
+        metric = default
+    if isinstance(metric, os.PathLike):
+        metric = os.fspath(metric)
+    if isinstance(metric, str):
+        from .registry import METRICS, load_metric
+
+        if metric not in METRICS and os.path.exists(metric):
+            import evaluate
+
+            module = evaluate.load(metric)
+            return module, metric_label(module)
+        return load_metric(metric), metric
+    if hasattr(metric, "compute") or callable(metric):
+        return metric, metric_label(metric)
+    raise TypeError(
+        f"metric must be a name, an evaluate module or a callable(predictions, references), got {metric!r}."
+    )

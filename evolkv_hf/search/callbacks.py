@@ -219,15 +219,24 @@ class TensorBoardCallback(SearchCallback):
     """Writes the generation summaries to TensorBoard (needs the ``tensorboard`` package)."""
 
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # fail early (ImportError) when not installed
 
-        self.writer = SummaryWriter(log_dir=os.fspath(log_dir))
+        self.log_dir = os.fspath(log_dir)
+        self._writer_class = SummaryWriter
+        self.writer: Any = None
+
+    def on_search_begin(
+        self, args: SearchArguments, state: SearchState, control: SearchControl, **kwargs: Any
+    ) -> None:
+        # Created here, not in __init__: the writer makes its directory at once, and a fresh search
+        # refuses a non-empty output_dir.
+        self.writer = self._writer_class(log_dir=self.log_dir)
 
     def on_log(
         self, args: SearchArguments, state: SearchState, control: SearchControl, **kwargs: Any
     ) -> None:
         logs = kwargs.get("logs") or {}
-        if logs.get("event") != "generation":
+        if logs.get("event") != "generation" or self.writer is None:
             return
         for key in ("best_fitness", "best_score", "generation_best_fitness", "mean_budget"):
             if isinstance(logs.get(key), (int, float)):

@@ -211,8 +211,24 @@ class PrefillOnceEngine:
                 cache.layers[index] = _RankingLayer(cache.options, self.storage_device)
         ids = sample.prompt_ids if sample.mode == QUERY_AWARE else sample.context_ids
         input_ids = torch.tensor([ids], device=self.model.device)
-        output = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._keyword: cache})
-        first_token = int(output.logits[0, -1].argmax()) if sample.mode == QUERY_AWARE else None
+        first_token = None
+        if sample.mode == QUERY_AWARE:
+            # The first answer token comes from the full-attention prefill; taking it through generate
+            # applies the model's generation config exactly as the plain path does.
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=1,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self._pad,
+                **{self._keyword: cache},
+            )
+            first_token = int(output[0, -1])
+        else:
+            self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._keyword: cache})
         keys: list[torch.Tensor | None] = []
         values: list[torch.Tensor | None] = []
         rankings: list[torch.Tensor | None] = []

@@ -35,6 +35,27 @@ from .strategy import GroupStrategy
 logger = logging.getLogger(__name__)
 
 ALLOCATION_DIR = "allocation"
+# Settings that change which candidates are proposed or how they are scored: a resume must keep them.
+_RESUME_MUST_MATCH = (
+    "target_budget",
+    "group_size",
+    "population_size",
+    "generations_per_group",
+    "sigma0",
+    "cache_score_lambda",
+    "cache_score_gamma",
+    "constraint",
+    "min_budget",
+    "max_budget",
+    "window_size",
+    "kernel_size",
+    "pooling",
+    "group_order",
+    "seed",
+    "max_new_tokens",
+    "metric_for_best_model",
+    "greater_is_better",
+)
 LOG_FILE = "search_log.jsonl"
 STATE_VERSION = 1
 
@@ -203,9 +224,9 @@ class BudgetSearcher:
             return {**self._fitness_cache[key], "cached": True}
         start = time.perf_counter()
         error = None
+        if self._engine is None:  # setup errors (unsupported model, memory) must surface, not score -inf
+            self._engine = self.create_engine()
         try:
-            if self._engine is None:
-                self._engine = self.create_engine()
             predictions = self._engine.answers(evaluated)
             score = self._score(predictions, self.references)
         except Exception as exc:  # a failing candidate must not end the search
@@ -307,6 +328,11 @@ class BudgetSearcher:
         self._fire("on_search_begin")
         if checkpoint_path is None:
             baseline = self._evaluate_population([uniform])[0]
+            if baseline["error"] is not None:
+                raise RuntimeError(
+                    f"The uniform baseline scheme could not be evaluated ({baseline['error']}); fix the model, the "
+                    "data or the metric before searching."
+                )
             self._update_best(baseline)
             self._log({"event": "baseline", **baseline})
         try:
@@ -419,7 +445,9 @@ class BudgetSearcher:
         completed = BudgetAllocation(budgets=self.state.best_budgets, window_size=args.window_size).rescale(
             args.target_budget, floor=args.min_budget, cap=args.max_budget
         )
-        allocation = self._with_provenance(completed.budgets, self.state.best_score)
+        # The score recorded with the allocation is that of the completed budgets it holds (one evaluation).
+        completed_score = float(self._evaluate_candidate(completed.budgets)["score"])
+        allocation = self._with_provenance(completed.budgets, completed_score)
         self._result = SearchResult(
             allocation=allocation,
             best_fitness=self.state.best_fitness,
@@ -428,11 +456,12 @@ class BudgetSearcher:
             output_dir=str(args.output_dir),
         )
         if self.is_main_process:
-            scores = {"search_best_score": self.state.best_score}
+            scores = {"search_best_score": self.state.best_score, "search_completed_score": completed_score}
             if self.eval_dataset is not None:
                 held_out = self.evaluate()
                 scores.update({f"eval_{name}": value for name, value in held_out.items()})
-            self._result.allocation = dataclasses.replace(self._result.allocation, scores=scores)
+            finite = {name: value for name, value in scores.items() if math.isfinite(value)}
+            self._result.allocation = dataclasses.replace(self._result.allocation, scores=finite)
             self.save_allocation(Path(args.output_dir) / ALLOCATION_DIR, overwrite=True)
             if args.push_to_hub and args.hub_model_id:
                 self.push_to_hub(args.hub_model_id)
@@ -583,7 +612,7 @@ class BudgetSearcher:
     def _restore(self, path: Path, groups: list[list[int]]) -> GroupStrategy | None:
         payload, optimizer_state = load_checkpoint(path)
         saved_args = payload.get("args", {})
-        for name in ("target_budget", "group_size", "population_size", "seed", "constraint", "group_order"):
+        for name in _RESUME_MUST_MATCH:
             if name in saved_args and saved_args[name] != getattr(self.args, name):
                 raise ValueError(
                     f"Cannot resume: the checkpoint was written with {name}={saved_args[name]!r}, now "
@@ -630,22 +659,15 @@ def _validated(dataset: Any, name: str) -> Any:
 
 
 def _resolve_metric(metric: Any, dataset: Any) -> Any:
-    from ..metrics import load_metric
+    """The search metric; ``None`` picks the task's partial-credit metric for a built-in task."""
+    from ..metrics import resolve_metric
+    from ..tasks import TASKS
 
-    if metric is None:
-        from ..tasks import TASKS
-
-        task = str(dataset[0]["task"]) if "task" in dataset.column_names else None
-        if task not in TASKS:
-            raise ValueError("metric is required for a dataset without a built-in `task` column.")
-        return load_metric(TASKS[task].partial_credit_metric)
-    if isinstance(metric, str):
-        return load_metric(metric)
-    if callable(metric) or hasattr(metric, "compute"):
-        return metric
-    raise TypeError(
-        f"metric must be an evaluate module, a metric name or a callable, got {type(metric).__name__}."
-    )
+    task = str(dataset[0]["task"]) if "task" in dataset.column_names else None
+    default = TASKS[task].partial_credit_metric if task in TASKS else None
+    if metric is None and default is None:
+        raise ValueError("metric is required for a dataset without a built-in `task` column.")
+    return resolve_metric(metric, default)[0]
 
 
 def _process_info() -> tuple[bool, int, int]:
