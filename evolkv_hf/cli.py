@@ -564,8 +564,6 @@ def run_generate(args: argparse.Namespace) -> int:
 # evolkv search
 # --------------------------------------------------------------------------------------------------
 
-_SEARCH_OWN_FLAGS = {"seed"}  # SearchArguments fields that share a flag with the data options
-
 
 def _search_field_type(field: Any) -> Any:
     text = str(field.type)
@@ -618,7 +616,11 @@ def add_search_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     data.add_argument(
         "--eval-samples", type=_non_negative_int, default=0, help="held-out samples generated with --task"
     )
-    data.add_argument("--mode", choices=("query_aware", "query_agnostic"), default="query_aware")
+    data.add_argument(
+        "--mode",
+        choices=("query_aware", "query_agnostic"),
+        help="prompt mode (default: the dataset's `mode` column, else query_aware)",
+    )
     data.add_argument(
         "--metric", metavar="NAME|PATH", help="metric (default: the task's partial-credit metric)"
     )
@@ -665,6 +667,12 @@ def _load_search_config(path: str) -> dict[str, Any]:
     return loaded
 
 
+def _with_mode(dataset: Any, mode: str) -> Any:
+    if "mode" in dataset.column_names:
+        dataset = dataset.remove_columns("mode")
+    return dataset.add_column("mode", [mode] * len(dataset))
+
+
 def run_search(args: argparse.Namespace) -> int:
     """Run ``evolkv search``."""
     import dataclasses
@@ -693,11 +701,19 @@ def run_search(args: argparse.Namespace) -> int:
 
         total = args.num_samples + args.eval_samples
         generated = load_task(
-            args.task, tokenizer, args.context_length, total, seed=search_args.seed, mode=args.mode
+            args.task,
+            tokenizer,
+            args.context_length,
+            total,
+            seed=search_args.seed,
+            mode=args.mode or "query_aware",
         )
         train = generated.select(range(args.num_samples))
         if args.eval_samples:
             held_out = generated.select(range(args.num_samples, total))
+    elif args.mode is not None:  # --mode overrides the datasets' own `mode` column
+        train = _with_mode(train, args.mode)
+        held_out = _with_mode(held_out, args.mode) if held_out is not None else None
     searcher = BudgetSearcher(
         model, search_args, train, eval_dataset=held_out, processing_class=tokenizer, metric=args.metric
     )

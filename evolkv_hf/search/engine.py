@@ -5,8 +5,9 @@ for every candidate allocation; a candidate only changes how many of the best-ra
 layer keeps. :class:`PrefillOnceEngine` therefore runs each sample's prefill once with the full cache,
 keeps per layer the full keys/values and the ranking, and evaluates a candidate by gathering the kept
 entries and decoding many samples together: with one allocation every row has the same stored length
-per layer, so rows batch with no padding inside the cache (positions and true lengths are carried by
-the attention mask, exactly as for a left-padded batch). For greedy decoding its answers are those of
+per layer (rows whose whole prompt fits a budget are the exception: they are left-padded with masked
+entries), and positions and true lengths are carried by the attention mask exactly as for a
+left-padded batch. For greedy decoding its answers are those of
 :class:`PlainEngine`, which runs ``generate`` with a fresh ``EvolKVCache`` per batch.
 """
 

@@ -511,8 +511,12 @@ class BudgetSearcher:
         mean = allocation.mean
         methods = {
             "evolkv": allocation.budgets,
-            "uniform": BudgetAllocation.uniform(self.num_layers, mean).budgets,
-            "pyramid": BudgetAllocation.pyramid(self.num_layers, mean).budgets,
+            "uniform": BudgetAllocation.uniform(
+                self.num_layers, mean, window_size=self.args.window_size
+            ).budgets,
+            "pyramid": BudgetAllocation.pyramid(
+                self.num_layers, mean, window_size=self.args.window_size
+            ).budgets,
         }
         from ..cache import EvolKVCache
 
