@@ -5,8 +5,7 @@ are split across the processes and gathered; only the main process writes files;
 single-process one.
 
 How long it takes here: a 2-process run of the test suite's tiny search takes about 12 s (see
-tests/test_search_distributed.py); this script on the demo model with the defaults below takes a few
-minutes on 2 CPU cores.
+tests/test_search_distributed.py); this script on the demo model is not timed yet.
 
     # 2 CPU processes over gloo on a machine without GPUs; --num_processes 8 on an 8-GPU machine
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 \\

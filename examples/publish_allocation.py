@@ -6,7 +6,7 @@ anyone then uses it with ``EvolKVCache.from_pretrained("<repo>", model)``. Needs
 and a token with write access (``HF_TOKEN`` or ``huggingface-cli login``); ``--endpoint`` points at another
 Hub-compatible server.
 
-How long it takes: a few seconds (three small files).
+How long it takes: three small files; not timed here (no Hub access from this machine).
 
     .venv/bin/python examples/publish_allocation.py runs/niah-c128/allocation your-name/smollm2-evolkv-c128
 """

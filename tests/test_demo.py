@@ -315,7 +315,7 @@ def test_demo_job_runs_end_to_end(
     assert job.main(argv) == 0
     out = capsys.readouterr().out
     assert "full cache (DynamicCache)" in out and "EvolKVCache, uniform 64/layer" in out
-    for method in ("full cache", "uniform (SnapKV)", "pyramid (PyramidKV)", "EvolKV (learned)"):
+    for method in ("full cache", "uniform (SnapKV) 64", "pyramid (PyramidKV) 128", "EvolKV (learned) 128"):
         assert method in out
     allocation = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
     assert allocation.total == 64 * 30

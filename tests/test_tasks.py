@@ -386,3 +386,19 @@ def test_prompt_errors_and_template_fallbacks() -> None:
     assert trimmed.question_text == "  \n\nWhat colour is the sky?</user><assistant>The sky is"
     with pytest.raises(ValueError, match="mode"):
         PromptParts("a", "b", mode="x")
+
+
+@pytest.mark.integration
+def test_niah_fits_when_one_word_is_many_tokens():
+    # Regression: niah_single at 1,024 tokens with seed 1 could only reach 1,001 tokens (a haystack word
+    # worth many tokens sat at the boundary) and raised; the generator now starts at the next sentence.
+    from transformers import AutoTokenizer
+
+    from evolkv_hf.demo import DemoUnavailableError, ensure_demo_checkpoint
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ensure_demo_checkpoint(), local_files_only=True)
+    except DemoUnavailableError as error:
+        pytest.skip(str(error))
+    dataset = load_task("niah_single", tokenizer, 1024, 8, seed=1)
+    assert all(1024 * 0.98 <= n <= 1024 for n in dataset["context_length"])

@@ -5,7 +5,8 @@
 2. Runs a short EvolKV search (group-wise CMA-ES) for a per-layer allocation at a mean budget of
    ``--budget`` tokens on a few search samples.
 3. Compares, on held-out samples (disjoint from the search samples), the full cache, uniform SnapKV,
-   PyramidKV and the learned allocation at the same mean budget.
+   PyramidKV and the learned allocation at the same mean budget, and at twice that budget (the learned
+   allocation rescaled, no new search).
 
 Everything runs offline on the CPU in a few minutes (bfloat16, 2 cores).
 """
@@ -130,19 +131,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  best search fitness {result.best_fitness:.1f} (edit similarity {result.best_score:.1f})")
     print(f"  learned budgets per layer: {learned.budgets}")
 
-    print(f"\n[3/3] Held-out comparison at a mean budget of {args.budget} ({len(held_out)} samples)")
+    print(
+        f"\n[3/3] Held-out comparison ({len(held_out)} samples) at the search budget {args.budget} and, rescaled "
+        f"without a new search, at {2 * args.budget}"
+    )
     samples = encode_samples(held_out, tokenizer)
     references = [list(answers) for answers in held_out["answers"]]
     engine = PrefillOnceEngine(model, tokenizer, samples, CacheOptions(), batch_size=12)
     longest = max(len(s.prompt_ids) for s in samples)
-    methods = {
-        "full cache": [longest] * layers,
-        "uniform (SnapKV)": BudgetAllocation.uniform(layers, args.budget).budgets,
-        "pyramid (PyramidKV)": BudgetAllocation.pyramid(layers, args.budget).budgets,
-        "EvolKV (learned)": learned.budgets,
-    }
-    print(f"  {'method':22} {'needle found (%)':>22} {'edit similarity':>16} {'K/V tokens/layer':>17}")
-    for name, budgets in methods.items():
+    methods: list[tuple[str, list[int]]] = [("full cache", [longest] * layers)]
+    for budget in (args.budget, 2 * args.budget):
+        methods += [
+            (f"uniform (SnapKV) {budget}", BudgetAllocation.uniform(layers, budget).budgets),
+            (f"pyramid (PyramidKV) {budget}", BudgetAllocation.pyramid(layers, budget).budgets),
+            (f"EvolKV (learned) {budget}", learned.rescale(budget).budgets),
+        ]
+    print(f"  {'method':26} {'needle found (%)':>22} {'edit similarity':>16} {'K/V tokens/layer':>17}")
+    for name, budgets in methods:
         answers = engine.answers(budgets)
         found = per_sample_scores("string_match_all", answers, references)
         similarity = per_sample_scores("edit_sim", answers, references)
@@ -150,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mean_found = sum(found) / len(found)
         kept = sum(min(b, longest) for b in budgets) / layers
         print(
-            f"  {name:22} {mean_found:6.1f} [{low:5.1f}, {high:5.1f}] {sum(similarity) / len(similarity):16.1f} "
+            f"  {name:26} {mean_found:6.1f} [{low:5.1f}, {high:5.1f}] {sum(similarity) / len(similarity):16.1f} "
             f"{kept:17.0f}"
         )
     print(

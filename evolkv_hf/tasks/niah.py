@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .common import check_common_args, check_positive_int, make_row, resolve_depths, sample_rng
-from .length import LengthFitError, check_length, count_tokens, fit_largest
+from .length import LENGTH_TOLERANCE, LengthFitError, check_length, count_tokens, fit_largest
 from .sources import essay_words
 from .words import key_vocabulary
 
@@ -66,6 +66,9 @@ def _haystack(start: int, n: int) -> str:
     while len(chunk) < n:  # wrap around the essays
         chunk.extend(words[: n - len(chunk)])
     return " ".join(chunk)
+
+
+_FIT_ATTEMPTS = 8
 
 
 def _sentence_start(position: int) -> int:
@@ -170,19 +173,32 @@ def generate_niah(
                 needles.append((fraction, NEEDLE_TEMPLATE.format(kinds=kinds, key=key, value=value)))
         rng.shuffle(needles)  # needles sharing a slot appear in random order
         start = _sentence_start(rng.randrange(num_words))
-
-        def build(n: int, start: int = start, needles: list[tuple[float, str]] = needles) -> str:
-            return _insert(_haystack(start, n), needles)
-
         hi = 4 * context_length + 100
-        fit = fit_largest(
-            lambda n: count_tokens(tokenizer, build(n)), context_length, 0, hi, min(hi, context_length)
-        )
-        if fit is None:
-            raise LengthFitError(
-                f"{task}: context_length={context_length} is too short for {len(needles)} needle(s)"
+        # A single word can be many tokens (URLs, numbers): when the haystack starting here cannot land
+        # within the tolerance, start at the next sentence (deterministic; other samples are unaffected).
+        for _attempt in range(_FIT_ATTEMPTS):
+
+            def build(n: int, start: int = start, needles: list[tuple[float, str]] = needles) -> str:
+                return _insert(_haystack(start, n), needles)
+
+            def tokens(n: int, build: Callable[[int], str] = build) -> int:
+                return count_tokens(tokenizer, build(n))
+
+            fit = fit_largest(
+                tokens,
+                context_length,
+                0,
+                hi,
+                min(hi, context_length),
             )
-        n, length = fit
+            if fit is None:
+                raise LengthFitError(
+                    f"{task}: context_length={context_length} is too short for {len(needles)} needle(s)"
+                )
+            n, length = fit
+            if length >= (1.0 - LENGTH_TOLERANCE) * context_length:
+                break
+            start = _sentence_start(start + 1)
         check_length(length, context_length, task)
 
         asked = _join_keys([keys[k] for k in queried])
