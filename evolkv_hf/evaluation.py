@@ -23,12 +23,10 @@ a directory, a Hub repo id or a :class:`BudgetAllocation`
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import math
 import numbers
 import os
-import platform
 import re
 import time
 import warnings
@@ -41,6 +39,7 @@ from .allocation import BudgetAllocation
 from .allocation.hub import atomic_write
 from .inference import encode_samples, generate_answers
 from .inference import model_name as _model_name
+from .versions import package_versions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -73,15 +72,6 @@ CONFIDENCE = 0.95
 # config.json keys that do not make two runs different (a rerun after an upgrade still skips).
 _VOLATILE_CONFIG_KEYS = ("package_versions", "created_at")
 _POOLINGS = ("avg", "max")
-_DISTRIBUTIONS = {
-    "evolkv_hf": "evolkv-hf",
-    "transformers": "transformers",
-    "torch": "torch",
-    "datasets": "datasets",
-    "evaluate": "evaluate",
-    "huggingface_hub": "huggingface-hub",
-    "numpy": "numpy",
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,16 +520,6 @@ def _plan_runs(methods: list[_Method], budgets: list[int], num_layers: int, wind
 # --------------------------------------------------------------------------------------------------
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for key, distribution in _DISTRIBUTIONS.items():
-        try:
-            versions[key] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def _dataset_fingerprint(dataset: Any) -> str:
     digest = hashlib.sha256()
     columns = [
@@ -807,7 +787,7 @@ def evaluate_methods(
                 "budgets": allocation.budgets,
                 "created_at": allocation.created_at,
             }
-        config["package_versions"] = _package_versions()
+        config["package_versions"] = package_versions()
         return config
 
     out = Path(output_dir) if output_dir is not None else None

@@ -111,6 +111,29 @@ def truncate_answer(tokens: Sequence[int], max_new_tokens: int, eos: set[int]) -
     return answer
 
 
+def greedy_generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache: Cache,
+    max_new_tokens: int,
+    pad_id: int,
+) -> torch.Tensor:
+    """``model.generate`` with greedy decoding and ``cache``: every answering path goes through here, so that
+    the plain path and the prefill-once engine decode identically."""
+    return model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=pad_id,
+        **{cache_keyword(model): cache},
+    )
+
+
 @torch.no_grad()
 def generate_batch(
     model: Any,
@@ -144,17 +167,7 @@ def generate_batch(
         question_ids, question_mask = left_pad([s.question_ids for s in batch], pad, device)
         input_ids = torch.cat([context_ids, question_ids], dim=1)
         attention_mask = torch.cat([context_mask, question_mask], dim=1)
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new,
-        do_sample=False,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        pad_token_id=pad,
-        **{keyword: cache},
-    )
+    output = greedy_generate(model, input_ids, attention_mask, cache, max_new, pad)
     new_tokens = output[:, input_ids.shape[1] :].tolist()
     return [
         truncate_answer(tokens, sample.max_new_tokens, eos)

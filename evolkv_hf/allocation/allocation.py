@@ -10,7 +10,6 @@ import json
 import math
 import numbers
 import os
-import platform
 import reprlib
 import tempfile
 import warnings
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from huggingface_hub import HfApi, ModelCard, ModelHubMixin
 
+from ..versions import package_versions
 from .arithmetic import check_positive_int, distribute, pyramid_weights, resolve_floor, target_total
 from .hub import ALLOCATION_FILE, AllocationPushError, atomic_write, locate_allocation_file, read_json_file
 from .model_card import PAPER_URL, PLOT_FILE, looks_like_repo_id, render_model_card
@@ -39,20 +39,6 @@ POOLING_CHOICES = ("avg", "max")
 _POOLING_ALIASES = {"avgpool": "avg", "maxpool": "max"}  # SnapKV spelling
 _CARD_FILE = "README.md"
 _OWN_FILES = (ALLOCATION_FILE, _CARD_FILE, PLOT_FILE)
-_DISTRIBUTIONS = {"evolkv_hf": "evolkv-hf", "transformers": "transformers", "torch": "torch"}
-_DISTRIBUTIONS["huggingface_hub"] = "huggingface-hub"
-
-
-def _package_versions() -> dict[str, str]:
-    """Versions of the packages that matter for reproducing an allocation (no imports, metadata only)."""
-    versions = {"python": platform.python_version()}
-    for key, distribution in _DISTRIBUTIONS.items():
-        try:
-            versions[key] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            if key == "evolkv_hf":
-                versions[key] = "0+unknown"
-    return versions
 
 
 def _utc_now() -> str:
@@ -205,7 +191,7 @@ class BudgetAllocation(
         ),
     )
     package_versions: dict[str, str] = field(
-        default_factory=_package_versions,
+        default_factory=package_versions,
         metadata=_help(
             "Versions of python, evolkv_hf, transformers, torch, huggingface_hub (filled in if omitted)."
         ),

@@ -28,6 +28,7 @@ from ..inference import (
     cache_keyword,
     eos_token_ids,
     generate_answers,
+    greedy_generate,
     left_pad,
     pad_token_id,
     truncate_answer,
@@ -216,17 +217,7 @@ class PrefillOnceEngine:
         if sample.mode == QUERY_AWARE:
             # The first answer token comes from the full-attention prefill; taking it through generate
             # applies the model's generation config exactly as the plain path does.
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=1,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=self._pad,
-                **{self._keyword: cache},
-            )
+            output = greedy_generate(self.model, input_ids, torch.ones_like(input_ids), cache, 1, self._pad)
             first_token = int(output[0, -1])
         else:
             self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._keyword: cache})
@@ -297,17 +288,7 @@ class PrefillOnceEngine:
             attention_mask = torch.cat([context_mask, question_mask], dim=1)
             max_new = max(s.max_new_tokens for s in samples)
         if max_new > 0:
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=self._pad,
-                **{self._keyword: cache},
-            )
+            output = greedy_generate(self.model, input_ids, attention_mask, cache, max_new, self._pad)
             new_tokens = output[:, input_ids.shape[1] :].tolist()
         else:
             new_tokens = [[] for _ in samples]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.metadata
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ from typing import Any
 
 from ..allocation import BudgetAllocation
 from ..inference import EncodedSample, encode_samples, generate_answers, model_name
+from ..versions import package_versions
 from .arguments import SearchArguments
 from .callbacks import (
     CallbackHandler,
@@ -595,7 +595,7 @@ class BudgetSearcher:
             "search_state": dataclasses.asdict(self.state),
             "fitness_cache": self._fitness_cache,
             "args": self.args.to_dict(),
-            "versions": _versions(),
+            "versions": package_versions(),
             # How much of the JSONL log this state accounts for; a resume drops what was logged after it.
             "log_bytes": log.stat().st_size if self.is_main_process and log.is_file() else 0,
         }
@@ -684,13 +684,3 @@ def _process_info() -> tuple[bool, int, int]:
     # On a machine without accelerators the processes talk over gloo (accelerate's MULTI_CPU).
     state = PartialState(cpu=not torch.cuda.is_available())
     return state.is_main_process, state.process_index, state.num_processes
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in ("evolkv-hf", "transformers", "torch", "cma", "accelerate"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
