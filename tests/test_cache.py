@@ -291,9 +291,16 @@ def test_hooks_are_idempotent_removable_and_inert_for_other_caches():
     assert torch.equal(before.sequences, with_hooks.sequences)
     assert max_logit_diff(before, with_hooks) == 0.0
     cache = EvolKVCache(model, 10)
+    used = EvolKVCache(model, 10)
+    greedy(model, inputs, past_key_values=used, max_new_tokens=NEW)
     assert EvolKVCache.detach(model) and not hooks_installed(model)
     with pytest.raises(RuntimeError, match="hooks did not run"):
         greedy(model, inputs, past_key_values=cache, max_new_tokens=NEW)
+    # Regression: a cache that had already run kept working, without its per-layer masks, after detach.
+    follow_up = {"input_ids": torch.cat([inputs["input_ids"], inputs["input_ids"][:, :3]], dim=1)}
+    follow_up["attention_mask"] = torch.ones_like(follow_up["input_ids"])
+    with pytest.raises(RuntimeError, match="hooks did not run"):
+        greedy(model, follow_up, past_key_values=used, max_new_tokens=NEW)
 
 
 def test_import_has_no_side_effects():

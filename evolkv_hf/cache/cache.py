@@ -116,7 +116,11 @@ class EvolKVCache(Cache):
         attach_hooks(model, model_type, sorted(self._mask_kinds))
         self._forward_mask: torch.Tensor | None = None
         self._mask_memo: dict[tuple[Any, ...], Any] = {}
-        self._hooks_ran = False
+        # The decoder hook numbers each forward; the first compressed layer checks that its forward was
+        # numbered, so a cache used after EvolKVCache.detach(model), or with another model, fails loudly.
+        self._forward_count = 0
+        self._checked_forward = 0
+        self._first_compressed = min(self._mask_kinds)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -152,10 +156,16 @@ class EvolKVCache(Cache):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._hooks_ran and layer_idx in self._mask_kinds:
+        if layer_idx == self._first_compressed:
+            hooks_ran = self._forward_count > self._checked_forward
+            self._checked_forward = self._forward_count
+        else:
+            hooks_ran = self._forward_count > 0
+        if not hooks_ran and layer_idx in self._mask_kinds:
             raise RuntimeError(
-                "EvolKVCache is being used with a model it was not built for (its hooks did not run). Create the "
-                "cache with `EvolKVCache(model, budgets)` for the model object that runs the forward."
+                "EvolKVCache's hooks did not run for this forward: the cache was built for another model object, or "
+                "EvolKVCache.detach(model) removed them. Create the cache with `EvolKVCache(model, budgets)` for "
+                "the model object that runs the forward."
             )
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
@@ -203,7 +213,7 @@ class EvolKVCache(Cache):
 
     # ------------------------------------------------------------------ used by the hooks
     def _begin_forward(self, attention_mask: torch.Tensor | None) -> None:
-        self._hooks_ran = True
+        self._forward_count += 1
         self._forward_mask = attention_mask
         self._mask_memo = {}
 
