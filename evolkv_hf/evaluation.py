@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .allocation import BudgetAllocation
 from .allocation.hub import atomic_write
+from .cache.policies import POOLINGS
 from .inference import encode_samples, generate_answers
 from .inference import model_name as _model_name
 from .versions import package_versions
@@ -71,7 +72,6 @@ CONFIDENCE = 0.95
 
 # config.json keys that do not make two runs different (a rerun after an upgrade still skips).
 _VOLATILE_CONFIG_KEYS = ("package_versions", "created_at")
-_POOLINGS = ("avg", "max")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -726,8 +726,8 @@ def evaluate_methods(
     kernel_size = _check_int("kernel_size", kernel_size, 1)
     n_bootstrap = _check_int("n_bootstrap", n_bootstrap, 0)
     seed = _check_int("seed", seed, 0)
-    if pooling not in _POOLINGS:
-        raise ValueError(f"pooling must be one of {_POOLINGS}, got {pooling!r}.")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
     if mode is not None and mode not in ("query_aware", "query_agnostic"):
         raise ValueError(f"mode must be 'query_aware' or 'query_agnostic', got {mode!r}.")
     dataset = _as_dataset(dataset)

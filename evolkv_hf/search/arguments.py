@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..cache.policies import POOLINGS
+
 CONSTRAINTS = ("penalty", "project")
 GROUP_ORDERS = ("bottom_up", "top_down")
 SAVE_STRATEGIES = ("generation", "group", "no")
@@ -65,7 +67,7 @@ class SearchArguments:
     window_size: int = field(default=32, metadata={"help": "Observation window of the SnapKV selector."})
     kernel_size: int = field(default=7, metadata={"help": "Pooling kernel of the SnapKV selector."})
     pooling: str = field(
-        default="avg", metadata={"help": "'avg' or 'max' pooling.", "choices": ["avg", "max"]}
+        default="avg", metadata={"help": "'avg' or 'max' pooling.", "choices": list(POOLINGS)}
     )
     group_order: str = field(
         default="bottom_up",
@@ -159,7 +161,7 @@ class SearchArguments:
             ("group_order", self.group_order, GROUP_ORDERS),
             ("save_strategy", self.save_strategy, SAVE_STRATEGIES),
             ("engine", self.engine, ENGINES),
-            ("pooling", self.pooling, ("avg", "max")),
+            ("pooling", self.pooling, POOLINGS),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
