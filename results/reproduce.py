@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,7 @@ def main() -> None:
         "eval_seconds": round(eval_seconds, 1),
         "model": DEMO_MODEL_ID,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "evolkv_hf_commit": git_commit(),
         "machine": platform.platform(),
         "command": "python results/reproduce.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
@@ -206,6 +208,17 @@ def main() -> None:
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, ROOT / f"{args.task}__{args.context_length}__scores.png", args, rows)
     print(f"wrote {summary_path}")
+
+
+def git_commit() -> str | None:
+    """The commit these results were measured at (``None`` outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def plot(summary: dict[str, Any], path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:

@@ -221,8 +221,12 @@ class EvolKVCache(Cache):
         mask = self._forward_mask
         if mask is None:
             return None
-        valid = mask[:, -length:].bool()
-        return None if bool(valid.all()) else valid
+        key = ("key_valid", length)
+        if key not in self._mask_memo:  # once per forward, not once per layer
+            valid = mask[:, -length:].bool()
+            self._mask_memo[key] = None if bool(valid.all()) else valid
+        valid_or_none: torch.Tensor | None = self._mask_memo[key]
+        return valid_or_none
 
     def _layer_mask(
         self, config: Any, hidden_states: torch.Tensor, position_ids: torch.Tensor | None, layer_idx: int

@@ -55,7 +55,10 @@ class EvolKVLayer(DynamicLayer):
         self.prefilled = False
         self.prefill_length = 0
         self.prefill_positions: torch.Tensor | None = None
-        self.contiguous_tail = 0
+        # Trailing stored entries that are consecutive positions (what crop may remove): the prefill's part is
+        # found from the kept positions only when crop asks (it costs a device sync), plus what came after.
+        self._prefill_tail: int | None = 0
+        self._tail_delta = 0
         self.pending: PendingPrefill | None = None
 
     def __repr__(self) -> str:
@@ -78,10 +81,10 @@ class EvolKVLayer(DynamicLayer):
                 self.prefill_positions = positions
                 self.keys = _gather(key_states, positions)
                 self.values = _gather(value_states, positions)
-                self.contiguous_tail = _contiguous_tail(positions, length)
+                self._prefill_tail = None
             else:
                 self.keys, self.values = key_states, value_states
-                self.contiguous_tail = length
+                self._prefill_tail = length
             # The prefill attends to the whole prompt.
             return key_states, value_states
         if self.keys is None or self.values is None:  # pragma: no cover - set by the prefill above
@@ -89,7 +92,7 @@ class EvolKVLayer(DynamicLayer):
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
         self.seen += length
-        self.contiguous_tail += length
+        self._tail_delta += length
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -127,7 +130,7 @@ class EvolKVLayer(DynamicLayer):
         self.keys = self.keys[..., :-count, :]
         self.values = self.values[..., :-count, :]
         self.seen -= count
-        self.contiguous_tail -= count
+        self._tail_delta -= count
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.stored_length > 0:
@@ -146,6 +149,14 @@ class EvolKVLayer(DynamicLayer):
             self.prefill_positions = self.prefill_positions[indices.to(self.prefill_positions.device), ...]
 
     # ------------------------------------------------------------------ introspection
+    @property
+    def contiguous_tail(self) -> int:
+        """How many trailing stored entries are consecutive original positions (the most ``crop`` removes)."""
+        if self._prefill_tail is None:
+            positions = self.prefill_positions
+            self._prefill_tail = 0 if positions is None else _contiguous_tail(positions, self.prefill_length)
+        return self._prefill_tail + self._tail_delta
+
     @property
     def stored_length(self) -> int:
         """Entries held per KV head."""
@@ -242,9 +253,8 @@ class EvolKVLayer(DynamicLayer):
         self.prefill_length = seen
         self.prefill_positions = positions
         self.pending = None
-        self.contiguous_tail = (
-            min(self.options.window_size, keys.shape[-2]) if positions is not None else seen
-        )
+        self._prefill_tail = min(self.options.window_size, keys.shape[-2]) if positions is not None else seen
+        self._tail_delta = 0
 
 
 def _gather(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -112,9 +112,12 @@ def snapkv_scores(
     batch, num_heads, window, head_dim = queries.shape
     num_kv_heads, seq = keys.shape[1], keys.shape[2]
     groups = num_heads // num_kv_heads
-    # One matmul per KV head for all its query heads: (batch, kv, groups * w, seq), in float32.
-    q = queries.reshape(batch, num_kv_heads, groups * window, head_dim).float()
-    logits = torch.matmul(q, keys.float().transpose(-1, -2)).mul_(scaling)
+    # One matmul per KV head for all its query heads: (batch, kv, groups * w, seq). The product runs in the
+    # keys' dtype with the scaling folded into the queries, as sdpa computes it (half-precision matmuls are
+    # several times faster); the softmax and everything after it run in float32.
+    # Keys usually arrive as a transposed view of the projection: a contiguous copy makes the matmul faster.
+    q = queries.reshape(batch, num_kv_heads, groups * window, head_dim).to(keys.dtype)
+    logits = torch.matmul(q, keys.contiguous().transpose(-1, -2)).float().mul_(scaling)
     if softcap is not None:
         logits = torch.tanh(logits / softcap).mul_(softcap)
     logits = logits.view(batch, num_kv_heads, groups, window, seq)
@@ -123,24 +126,34 @@ def snapkv_scores(
     logits[..., seq - window :].masked_fill_(future, float("-inf"))
     if key_valid is not None:
         logits.masked_fill_(~key_valid[:, None, None, None, :], float("-inf"))
-    weights = torch.softmax(logits, dim=-1)
-    # A pad query sees only pads: its row is all -inf (NaN after softmax). Drop those rows.
+    weights = torch.softmax(logits, dim=-1)[..., :prefix_length]
+    # Average pooling and the mean over query heads are linear: reduce the window and the query heads in one
+    # pass and pool one row per KV head. Max pooling or max aggregation must pool each query head first.
+    linear = pooling == "avg" and gqa_aggregation == "mean"
+    reduce_dims: tuple[int, ...] = (2, 3) if linear else (3,)
     if key_valid is not None:
+        # A pad query sees only pads: its row is all -inf (NaN after softmax). Drop those rows.
         query_valid = key_valid[:, seq - window :]  # (batch, w)
         weights = torch.where(query_valid[:, None, None, :, None], weights, torch.zeros_like(weights))
-        counts = query_valid.sum(dim=-1).clamp(min=1).to(weights.dtype)[:, None, None, None]
-        observed = weights[..., :prefix_length].sum(dim=3) / counts
+        counts = query_valid.sum(dim=-1).clamp(min=1).to(weights.dtype)
+        if linear:
+            counts = counts * groups
+        observed = weights.sum(dim=reduce_dims) / counts.view(batch, *([1] * (4 - len(reduce_dims))))
     else:
-        observed = weights[..., :prefix_length].mean(dim=3)  # (batch, kv, groups, prefix)
+        observed = weights.mean(dim=reduce_dims)  # (batch, kv, prefix) or (batch, kv, groups, prefix)
     if kernel_size > 1 and prefix_length > 0:
+        shape = observed.shape
         flat = observed.reshape(-1, 1, prefix_length)
         pad = kernel_size // 2
         if pooling == "avg":
             flat = F.avg_pool1d(flat, kernel_size, stride=1, padding=pad)
         else:
             flat = F.max_pool1d(flat, kernel_size, stride=1, padding=pad)
-        observed = flat[..., :prefix_length].reshape(batch, num_kv_heads, groups, prefix_length)
-    scores = observed.mean(dim=2) if gqa_aggregation == "mean" else observed.amax(dim=2)
+        observed = flat[..., :prefix_length].reshape(shape)
+    if linear:
+        scores = observed
+    else:
+        scores = observed.mean(dim=2) if gqa_aggregation == "mean" else observed.amax(dim=2)
     if key_valid is not None:
         scores = scores.masked_fill(~key_valid[:, None, :prefix_length], float("-inf"))
     return scores
@@ -189,6 +202,10 @@ def rank_positions(scores: torch.Tensor) -> torch.Tensor:
 def select_positions(scores: torch.Tensor, keep_prefix: int, seq: int, window: int) -> torch.Tensor:
     """Pick the kept positions: the ``keep_prefix`` best-scored prefix positions plus the window.
 
+    The same selection as the first ``keep_prefix`` positions of :func:`rank_positions`: a partial top-k
+    when the ``keep_prefix``-th and next scores differ in every row (the kept set is then unique), the stable
+    sort otherwise (ties, such as pads that must be kept).
+
     Parameters
     ----------
     scores:
@@ -203,6 +220,14 @@ def select_positions(scores: torch.Tensor, keep_prefix: int, seq: int, window: i
     torch.Tensor
         ``(batch, num_kv_heads, keep_prefix + window)`` int64 positions in increasing order.
     """
+    prefix = scores.shape[-1]
+    if 0 < keep_prefix < prefix:
+        values, indices = torch.topk(scores, keep_prefix + 1, dim=-1, sorted=True)
+        if bool((values[..., keep_prefix - 1] > values[..., keep_prefix]).all()):
+            batch, num_kv_heads, _ = scores.shape
+            top = indices[..., :keep_prefix].sort(dim=-1).values
+            tail = torch.arange(seq - window, seq, device=scores.device).expand(batch, num_kv_heads, window)
+            return torch.cat([top, tail], dim=-1)
     return positions_from_ranking(rank_positions(scores), keep_prefix, seq, window)
 
 

@@ -86,7 +86,8 @@ def window_queries(
         if position_embeddings is not None:
             cos, sin = position_embeddings
             cos, sin = cos[:, -length:], sin[:, -length:]
-            queries, _ = recipe.apply_rotary(queries, queries, cos, sin)
+            # The rotary function also rotates a key tensor; hand it one head so that no work is wasted.
+            queries, _ = recipe.apply_rotary(queries, queries[:, :1], cos, sin)
     return queries
 
 

@@ -1,0 +1,114 @@
+"""Selection policies: the fast paths give the same answer as the plain definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evolkv_hf.cache.policies import (
+    positions_from_ranking,
+    rank_positions,
+    select_positions,
+    snapkv_scores,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    prefix=st.integers(1, 40),
+    window=st.integers(0, 5),
+    levels=st.integers(1, 6),
+    pads=st.integers(0, 40),
+    data=st.data(),
+)
+def test_select_positions_equals_the_stable_ranking(
+    seed: int, prefix: int, window: int, levels: int, pads: int, data: st.DataObject
+) -> None:
+    # Few distinct levels and -inf pads make ties common: the top-k fast path must fall back exactly then.
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (2, 3, prefix), generator=generator).float()
+    scores[0, :, : min(pads, prefix)] = float("-inf")
+    keep = data.draw(st.integers(0, prefix))
+    seq = prefix + window
+    expected = positions_from_ranking(rank_positions(scores), keep, seq, window)
+    assert torch.equal(select_positions(scores, keep, seq, window), expected)
+
+
+def _reference_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scaling: float,
+    prefix: int,
+    kernel: int,
+    pooling: str,
+    aggregation: str,
+) -> torch.Tensor:
+    """SnapKV written out head by head: window attention, mean over valid window queries, pooling, GQA."""
+    batch, heads, window, _ = queries.shape
+    kv_heads, seq = keys.shape[1], keys.shape[2]
+    groups = heads // kv_heads
+    out = torch.empty(batch, kv_heads, prefix)
+    for b in range(batch):
+        valid = key_valid[b] if key_valid is not None else torch.ones(seq, dtype=torch.bool)
+        for kv in range(kv_heads):
+            per_head = []
+            for g in range(groups):
+                q = queries[b, kv * groups + g].float()
+                logits = (q @ keys[b, kv].float().T) * scaling
+                for i in range(window):
+                    logits[i, seq - window + i + 1 :] = float("-inf")
+                logits[:, ~valid] = float("-inf")
+                rows = [torch.softmax(logits[i], -1) for i in range(window) if valid[seq - window + i]]
+                mean = torch.stack(rows).mean(0)[:prefix] if rows else torch.zeros(prefix)
+                pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
+                pooled = pool(mean[None, None], kernel, stride=1, padding=kernel // 2)[0, 0, :prefix]
+                per_head.append(pooled)
+            stacked = torch.stack(per_head)
+            out[b, kv] = stacked.mean(0) if aggregation == "mean" else stacked.amax(0)
+        out[b, :, ~valid[:prefix]] = float("-inf")
+    return out
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_snapkv_scores_match_the_head_by_head_definition(
+    pooling: str, aggregation: str, padded: bool
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, window, seq, dim = 2, 6, 2, 4, 19, 8
+    queries = torch.randn(batch, heads, window, dim, generator=generator)
+    keys = torch.randn(batch, kv_heads, seq, dim, generator=generator)
+    key_valid = None
+    if padded:
+        key_valid = torch.ones(batch, seq, dtype=torch.bool)
+        key_valid[1, :5] = False
+    prefix = seq - window
+    got = snapkv_scores(
+        queries,
+        keys,
+        key_valid,
+        scaling=dim**-0.5,
+        prefix_length=prefix,
+        kernel_size=5,
+        pooling=pooling,
+        gqa_aggregation=aggregation,
+    )
+    expected = _reference_scores(queries, keys, key_valid, dim**-0.5, prefix, 5, pooling, aggregation)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_snapkv_scores_accept_transposed_half_precision_keys() -> None:
+    # Models hand the cache keys as a transposed view of the projection; bf16 logits, float32 softmax.
+    generator = torch.Generator().manual_seed(1)
+    queries = torch.randn(1, 4, 3, 8, generator=generator)
+    keys = torch.randn(1, 12, 2, 8, generator=generator).transpose(1, 2)
+    reference = snapkv_scores(queries, keys.contiguous(), None, scaling=0.25, prefix_length=9)
+    half = snapkv_scores(queries.bfloat16(), keys.bfloat16(), None, scaling=0.25, prefix_length=9)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, reference, rtol=0.05, atol=1e-3)
