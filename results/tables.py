@@ -1,0 +1,109 @@
+"""Print the markdown tables of ``docs/results.md`` from ``results/summary.json``.
+
+Usage::
+
+    python results/tables.py [--run niah_single__2048__c128__penalty] [--plots docs/img]
+
+One block per run: held-out scores with 95% bootstrap intervals at every budget, each search's time and
+budgets, the evaluation time and the exact command. With ``--plots DIR``, also one figure per run of the
+learned per-layer budgets (``allocations_<run>.png``) and a copy of its score-vs-budget plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).parent
+
+
+def run_block(name: str, run: dict[str, Any]) -> str:
+    rows = run["rows"]
+    budgets = sorted({r["budget"] for r in rows if isinstance(r["budget"], int)})
+    methods: list[str] = []
+    for r in rows:
+        label = "full cache" if r["method"] == "full" else r["method"]
+        if label not in methods:
+            methods.append(label)
+    first = rows[0]
+    lines = [
+        f"### `{first['task']}` at {first['context_length']} tokens (run `{name}`)",
+        "",
+        f"Held-out samples: {first['n']}; metric: `{first['metric']}` (0-100); 95% bootstrap intervals in brackets.",
+        "",
+        "| method | " + " | ".join(f"budget {b}" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for method in methods:
+        cells = []
+        for budget in budgets:
+            match = [
+                r
+                for r in rows
+                if (r["method"] == method or (method == "full cache" and r["method"] == "full"))
+                and (r["budget"] == budget or not isinstance(r["budget"], int))
+            ]
+            cells.append(f"{match[0]['score']:.1f} [{match[0]['ci_low']:.1f}, {match[0]['ci_high']:.1f}]" if match else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for label, search in run.get("searches", {}).items():
+        seconds = search.get("search_seconds")
+        took = f"search took {seconds:.0f} s here" if isinstance(seconds, (int, float)) else "search reused"
+        best = search.get("search_score")
+        best_text = f"; best search-set score {best:.1f}" if isinstance(best, (int, float)) else ""
+        lines.append(f"- `{label}`: {took}{best_text}; budgets {search.get('budgets')}")
+    lines.append(f"- held-out evaluation of all methods took {run['eval_seconds']:.0f} s")
+    if run.get("evolkv_hf_commit"):
+        lines.append(f"- measured at commit `{run['evolkv_hf_commit'][:10]}`")
+    lines.append(f"- command: `{run['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot_allocations(name: str, run: dict[str, Any], directory: Path) -> Path | None:
+    """Learned budgets per layer for every seed of a run, against the uniform budget."""
+    searches = run.get("searches", {})
+    if not searches:
+        return None
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 3.2))
+    axes = figure.subplots()
+    for label, search in searches.items():
+        budgets = search["budgets"]
+        axes.plot(range(len(budgets)), budgets, marker="o", markersize=3, label=label)
+    target = run["settings"]["target_budget"]
+    axes.axhline(target, color="black", linestyle="--", linewidth=1, label=f"uniform {target}")
+    axes.set_xlabel("decoder layer")
+    axes.set_ylabel("budget (tokens)")
+    axes.set_title(f"learned allocations, {name}")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = directory / f"allocations_{name}.png"
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default=None, help="only this run (a key of summary.json's runs)")
+    parser.add_argument("--summary", type=Path, default=ROOT / "summary.json")
+    parser.add_argument("--plots", type=Path, default=None, help="write allocation plots (and score plots) here")
+    args = parser.parse_args()
+    runs = json.loads(args.summary.read_text())["runs"]
+    for name, run in runs.items():
+        if args.run not in (None, name):
+            continue
+        print(run_block(name, run))
+        if args.plots is not None:
+            args.plots.mkdir(parents=True, exist_ok=True)
+            plot_allocations(name, run, args.plots)
+            settings = run["settings"]
+            scores = ROOT / f"{settings['task']}__{settings['context_length']}__scores.png"
+            if scores.is_file():
+                (args.plots / f"scores_{name}.png").write_bytes(scores.read_bytes())
+
+
+if __name__ == "__main__":
+    main()
