@@ -82,6 +82,31 @@ def test_budget_at_least_prompt_is_identical_to_dynamic_cache(attn):
     assert not any(layer.is_compressed for layer in cache.layers)
 
 
+@pytest.mark.parametrize(
+    ("attn", "pads", "builds"), [("sdpa", [0], False), ("sdpa", [0, 6], True), ("eager", [0], True)]
+)
+def test_decode_builds_per_layer_masks_only_when_needed(attn, pads, builds):
+    # sdpa/flash without padding need no mask for one new token, whatever each layer stores; padding or eager do.
+    model = tiny_model("llama", attn=attn)
+    inputs = random_batch(len(pads), PROMPT, pads, seed=4)
+    cache = EvolKVCache(model, [9, 17, 30], window_size=4)
+    built_for_layers = []
+    build = cache._layer_mask
+
+    def counting_build(config, hidden_states, position_ids, layer_idx):
+        built_for_layers.append(layer_idx)
+        return build(config, hidden_states, position_ids, layer_idx)
+
+    cache._layer_mask = counting_build
+    ours = greedy(model, inputs, past_key_values=cache, max_new_tokens=NEW)
+    oracle_model = tiny_model("llama", attn=attn)
+    EvictionOracle.from_cache(cache, PROMPT).install(oracle_model)
+    expected = greedy(oracle_model, inputs, past_key_values=DynamicCache(), max_new_tokens=NEW)
+    assert torch.equal(ours.sequences, expected.sequences)
+    assert max_logit_diff(ours, expected) <= 1e-5
+    assert bool(built_for_layers) is builds
+
+
 def test_padded_row_gives_same_tokens_as_alone():
     model = tiny_model("llama")
     batch = random_batch(2, PROMPT, [0, 11], seed=3)

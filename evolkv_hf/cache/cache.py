@@ -228,6 +228,15 @@ class EvolKVCache(Cache):
         valid_or_none: torch.Tensor | None = self._mask_memo[key]
         return valid_or_none
 
+    def _has_padding(self) -> bool:
+        """Whether this forward's 2D padding mask masks anything (checked once per forward)."""
+        key = ("has_padding",)
+        if key not in self._mask_memo:
+            mask = self._forward_mask
+            self._mask_memo[key] = mask is not None and not bool(mask.bool().all())
+        padded: bool = self._mask_memo[key]
+        return padded
+
     def _layer_mask(
         self, config: Any, hidden_states: torch.Tensor, position_ids: torch.Tensor | None, layer_idx: int
     ) -> Any:

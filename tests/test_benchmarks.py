@@ -1,0 +1,101 @@
+"""The benchmark scripts run end to end on a tiny random model (so they cannot rot unnoticed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import cost_table  # noqa: E402
+from _measure import PeakMemory, kv_bytes  # noqa: E402
+
+
+def test_cost_table_on_a_tiny_random_model(tmp_path: Path) -> None:
+    output, plot = tmp_path / "table.json", tmp_path / "scaling.png"
+    cost_table.main(
+        [
+            "--model", "random:tiny-llama", "--device", "cpu", "--dtype", "float32",
+            "--lengths", "96,160", "--budgets", "16,40", "--decode-tokens", "3", "--repeats", "1",
+            "--no-memory", "--output", str(output), "--plot", str(plot),
+        ]
+    )  # fmt: skip
+    results = json.loads(output.read_text())
+    rows = results["rows"]
+    # DynamicCache + (uniform + pyramid) x 2 budgets, at 2 lengths.
+    assert len(rows) == 2 * 5
+    config = cost_table.RANDOM_MODELS["tiny-llama"]
+    per_token = (
+        config["num_hidden_layers"] * config["num_key_value_heads"] * 2 * 16 * 4
+    )  # K+V, head_dim 16, fp32
+    for row in rows:
+        stored = row["length"] if row["budget"] is None else row["budget"]
+        # Uniform and pyramid allocations both keep budget x layers tokens in total; decode appends 3.
+        assert row["kv_bytes"] == (stored + 3) * per_token, row
+        assert row["prefill_s"] > 0 and row["decode_ms_per_token"] > 0
+    assert {r["method"] for r in rows} == {"dynamic", "evolkv-uniform", "evolkv-pyramid"}
+    dynamic = [r for r in rows if r["method"] == "dynamic"]
+    assert all(r["prefill_ratio"] == 1.0 and r["kv_bytes_ratio"] == 1.0 for r in dynamic)
+    assert set(results["compression_alone_ms"]) == {"96", "160"}
+    assert plot.stat().st_size > 0
+
+
+def test_cost_table_rejects_unknown_models() -> None:
+    with pytest.raises(SystemExit, match=r"random:llama-3\.1-8b"):
+        cost_table.load_model("random:nope", torch.float32, torch.device("cpu"), "sdpa")
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    with PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+        del block
+    assert peak.peak_bytes >= 60 * 2**20, (peak.peak_bytes, peak.method)
+
+
+def test_kv_bytes_counts_keys_and_values() -> None:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), 0)
+    assert kv_bytes(cache) == 2 * (2 * 5 * 4 * 4)
+
+
+def test_plot_and_kvpress_comparison_with_both_environments(tmp_path: Path) -> None:
+    # DynamicCache is measured in both environments: the plot and the pairing must keep them apart.
+    rows = []
+    for environment, method in (("evolkv", "evolkv-uniform"), ("kvpress", "kvpress-snapkv")):
+        for length in (1024, 2048):
+            for name, budget, scale in (("dynamic", None, 1.0), (method, 128, 0.5)):
+                rows.append(
+                    {
+                        "length": length,
+                        "method": name,
+                        "budget": budget,
+                        "environment": environment,
+                        "prefill_s": length / 1000 * (1.1 if budget else 1.0),
+                        "decode_ms_per_token": 40.0 * scale,
+                        "kv_bytes": 1000 * scale,
+                    }
+                )
+    cost_table.add_ratios(rows)
+    results = {
+        "rows": rows,
+        "compression_alone_ms": {"1024": 1.0, "2048": 2.0},
+        "environment": {"transformers": "5.24.0"},
+        "kvpress_environment": {"transformers": "5.2.0", "kvpress": "0.5.5"},
+        "command": "test",
+    }
+    output = tmp_path / "cost_table.json"
+    cost_table.write_derived(results, output, tmp_path / "scaling.png")
+    comparison = json.loads((tmp_path / "kvpress_compare.json").read_text())
+    assert [pair["length"] for pair in comparison["pairs"]] == [1024, 2048]
+    pair = comparison["pairs"][0]
+    assert pair["evolkv"]["decode_ratio"] == pair["kvpress"]["decode_ratio"] == 0.5
+    assert pair["evolkv"]["prefill_ratio"] == 1.1
+    assert comparison["kvpress_environment"]["kvpress"] == "0.5.5"
+    assert (tmp_path / "scaling.png").stat().st_size > 0
