@@ -45,7 +45,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import PeakMemory, kv_bytes, machine, synchronize, time_decode, time_prefill
+from _measure import (
+    MEMORY_RUN_ENVIRONMENT,
+    PeakMemory,
+    kv_bytes,
+    machine,
+    synchronize,
+    time_decode,
+    time_prefill,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -187,8 +195,11 @@ def measure_timings(
     ids = torch.randint(100, model.config.vocab_size, (1, length), generator=generator).to(model.device)
     runs: dict[Method, dict[str, list[float]]] = {m: {"prefill": [], "decode": []} for m in methods}
     held: dict[Method, int] = {}
-    for _ in range(args.repeats):
-        for method in methods:
+    time_prefill(model, ids, make_cache(model, methods[0], allocations))  # untimed: first pass at this length
+    for repeat in range(args.repeats):
+        # Rotate the order so that no configuration always runs first (or right after another) in a round.
+        shift = repeat % len(methods)
+        for method in methods[shift:] + methods[:shift]:
             cache = make_cache(model, method, allocations)
             runs[method]["prefill"].append(time_prefill(model, ids, cache))
             runs[method]["decode"].append(time_decode(model, cache, args.decode_tokens, length))
@@ -227,7 +238,8 @@ def peak_memory_subprocess(method: Method, length: int, args: argparse.Namespace
     """Run one configuration in a fresh process (CPU allocators keep freed memory, hiding later peaks)."""
     job = {"method": method.name, "budget": method.budget, "length": length}
     command = [sys.executable, __file__, "--memory-job", json.dumps(job), *_model_arguments(args)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    environment = {**os.environ, **MEMORY_RUN_ENVIRONMENT}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
     result = json.loads(output.strip().splitlines()[-1])
     return int(result["peak_bytes"]), str(result["method"])
 
@@ -244,9 +256,10 @@ def memory_job(args: argparse.Namespace, model: Any) -> None:
     job = json.loads(args.memory_job)
     method = Method(job["method"], job["budget"])
     allocations = _allocations(model, args, [method.budget] if method.budget else [])
-    # Warm-up: the first forwards allocate kernel workspaces that are not the cache's.
-    warm = torch.randint(100, model.config.vocab_size, (1, 64)).to(model.device)
-    cache = make_cache(model, Method("dynamic", None), allocations)
+    # Warm-up with the measured configuration: the first forwards allocate kernel workspaces that are not the
+    # cache's (the prompt is longer than every budget, so compression runs too).
+    warm = torch.randint(100, model.config.vocab_size, (1, 600)).to(model.device)
+    cache = make_cache(model, method, allocations)
     time_prefill(model, warm, cache)
     time_decode(model, cache, 4, warm.shape[1])
     del cache
@@ -450,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lengths", default="1024,2048,4096,8192")
     parser.add_argument("--budgets", default="64,128,256,512")
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--allocation", type=Path, default=None, help="non-uniform allocation directory to rescale"
     )
@@ -470,8 +483,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         saved: dict[str, Any] = json.loads(args.replot.read_text())
         write_derived(saved, args.replot, args.plot)
         return saved
-    if args.kvpress and args.model != "demo":
-        parser.error("--kvpress runs on the demo model only (kvpress's environment loads its checkpoint)")
+    if args.kvpress and (args.model != "demo" or args.device != "cpu"):
+        parser.error(
+            "--kvpress runs on the demo model on CPU only (its environment loads the demo checkpoint there)"
+        )
 
     from transformers.utils import logging
 

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import importlib.metadata
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import PeakMemory, kv_bytes, machine, time_decode, time_prefill
+from _measure import MEMORY_RUN_ENVIRONMENT, PeakMemory, kv_bytes, machine, time_decode, time_prefill
 
 WINDOW_SIZE = 32
 KERNEL_SIZE = 7
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,2048,4096,8192")
     parser.add_argument("--budgets", default="64,128,256,512")
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--no-memory", action="store_true")
@@ -83,26 +84,29 @@ def main() -> None:
 
     model = load(args.checkpoint, args.dtype, args.attn)
     vocab = model.config.vocab_size
-    warm = prompt(128, vocab)
-    run_once(model, warm, None, 4)  # the first prefill and decode steps build kernels
-    run_once(model, warm, 64, 4)
-
     if args.memory_job is not None:
         job = json.loads(args.memory_job)
+        # Warm-up with the measured configuration (the first forwards allocate kernel workspaces).
+        run_once(model, prompt(600, vocab), job["budget"], 4)
         gc.collect()
         with PeakMemory(torch.device("cpu")) as peak:
             run_once(model, prompt(job["length"], vocab), job["budget"], args.decode_tokens)
         print(json.dumps({"peak_bytes": peak.peak_bytes, "method": peak.method}))
         return
 
+    warm = prompt(128, vocab)
+    run_once(model, warm, None, 4)  # the first prefill and decode steps build kernels
+    run_once(model, warm, 64, 4)
     budgets: list[int | None] = [None, *(int(b) for b in args.budgets.split(","))]
     rows: list[dict[str, Any]] = []
     for length in (int(x) for x in args.lengths.split(",")):
         ids = prompt(length, vocab)
         runs: dict[int | None, dict[str, list[float]]] = {b: {"prefill": [], "decode": []} for b in budgets}
         held: dict[int | None, int] = {}
-        for _ in range(args.repeats):
-            for budget in budgets:
+        run_once(model, ids, None, 1)  # untimed: first pass at this length
+        for repeat in range(args.repeats):
+            shift = repeat % len(budgets)  # rotate the order, as cost_table.py does
+            for budget in budgets[shift:] + budgets[:shift]:
                 prefill, decode, held[budget] = run_once(model, ids, budget, args.decode_tokens)
                 runs[budget]["prefill"].append(prefill)
                 runs[budget]["decode"].append(decode)
@@ -128,7 +132,10 @@ def main() -> None:
                     "--attn",
                     args.attn,
                 ]
-                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                environment = {**os.environ, **MEMORY_RUN_ENVIRONMENT}
+                out = subprocess.run(
+                    command, check=True, capture_output=True, text=True, env=environment
+                ).stdout
                 measured = json.loads(out.strip().splitlines()[-1])
                 row["peak_bytes"], row["peak_method"] = measured["peak_bytes"], measured["method"]
             rows.append(row)

@@ -211,14 +211,27 @@ def main() -> None:
 
 
 def git_commit() -> str | None:
-    """The commit these results were measured at (``None`` outside a git checkout)."""
+    """The commit these results were measured at (``None`` outside a git checkout).
+
+    ``-dirty`` is appended when the package's code differs from that commit.
+    """
     try:
-        out = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "../evolkv_hf"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return None
-    return out.stdout.strip() or None
+    commit = head.stdout.strip()
+    if not commit:
+        return None
+    return commit + "-dirty" if changed.stdout.strip() else commit
 
 
 def plot(summary: dict[str, Any], path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:

@@ -55,6 +55,13 @@ def test_peak_memory_sees_an_allocation() -> None:
         block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
         del block
     assert peak.peak_bytes >= 60 * 2**20, (peak.peak_bytes, peak.method)
+    if not peak.method.startswith("VmHWM"):
+        pytest.skip(f"the peak cannot be reset here ({peak.method}); only the lifetime peak is checked")
+    # After the reset, an earlier (freed) peak does not count: a small allocation measures small.
+    with PeakMemory(torch.device("cpu")) as small:
+        block = torch.ones(2**20, dtype=torch.uint8)
+        del block
+    assert small.peak_bytes < 32 * 2**20, (small.peak_bytes, small.method)
 
 
 def test_kv_bytes_counts_keys_and_values() -> None:
@@ -70,7 +77,10 @@ def test_plot_and_kvpress_comparison_with_both_environments(tmp_path: Path) -> N
     rows = []
     for environment, method in (("evolkv", "evolkv-uniform"), ("kvpress", "kvpress-snapkv")):
         for length in (1024, 2048):
-            for name, budget, scale in (("dynamic", None, 1.0), (method, 128, 0.5)):
+            # The two environments' DynamicCache baselines differ (kvpress's decode is slower here), so a ratio
+            # taken against the wrong baseline shows.
+            base = 1.0 if environment == "evolkv" else 2.0
+            for name, budget, scale in (("dynamic", None, base), (method, 128, 0.5 * base)):
                 rows.append(
                     {
                         "length": length,

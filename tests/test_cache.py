@@ -18,7 +18,7 @@ from tiny_models import (
     tiny_config,
     tiny_model,
 )
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from evolkv_hf import EvolKVCache
@@ -105,6 +105,29 @@ def test_decode_builds_per_layer_masks_only_when_needed(attn, pads, builds):
     assert torch.equal(ours.sequences, expected.sequences)
     assert max_logit_diff(ours, expected) <= 1e-5
     assert bool(built_for_layers) is builds
+
+
+def test_decode_keeps_per_layer_masks_for_sliding_window_layers():
+    # Regression: a layer storing more than the window needs its sliding mask even when the model's reference
+    # layer (storing less) needs none; the no-mask decode shortcut is for full-attention layers only.
+    config = tiny_config("mistral", 3)
+    config.sliding_window = 12
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    model.generation_config.pad_token_id = 0
+    cache = EvolKVCache(model, [9, 30, 17], window_size=4)
+    built_for_layers = []
+    build = cache._layer_mask
+
+    def counting_build(config, hidden_states, position_ids, layer_idx):
+        built_for_layers.append(layer_idx)
+        return build(config, hidden_states, position_ids, layer_idx)
+
+    cache._layer_mask = counting_build
+    greedy(model, random_batch(1, PROMPT, [0], seed=4), past_key_values=cache, max_new_tokens=NEW)
+    # Layer 1 stores 30 > 12 entries: its sliding mask is built at every decode step (NEW - 1 of them), also in
+    # the first steps, where layer 0 (9 stored + new) is still inside the window and the model passes no mask.
+    assert built_for_layers.count(1) == NEW - 1
 
 
 def test_padded_row_gives_same_tokens_as_alone():

@@ -32,6 +32,7 @@ def test_select_positions_equals_the_stable_ranking(
     generator = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, levels, (2, 3, prefix), generator=generator).float()
     scores[0, :, : min(pads, prefix)] = float("-inf")
+    scores[1, :, : min(pads % 5, prefix)] = float("inf")  # streaming sinks score +inf
     keep = data.draw(st.integers(0, prefix))
     seq = prefix + window
     expected = positions_from_ranking(rank_positions(scores), keep, seq, window)
@@ -81,13 +82,15 @@ def test_snapkv_scores_match_the_head_by_head_definition(
     pooling: str, aggregation: str, padded: bool
 ) -> None:
     generator = torch.Generator().manual_seed(0)
-    batch, heads, kv_heads, window, seq, dim = 2, 6, 2, 4, 19, 8
+    batch, heads, kv_heads, window, seq, dim = 3, 6, 2, 4, 19, 8
     queries = torch.randn(batch, heads, window, dim, generator=generator)
     keys = torch.randn(batch, kv_heads, seq, dim, generator=generator)
     key_valid = None
     if padded:
+        # Rows with different numbers of valid window queries (4, 2 and 4): the per-row counts matter.
         key_valid = torch.ones(batch, seq, dtype=torch.bool)
-        key_valid[1, :5] = False
+        key_valid[1, :17] = False
+        key_valid[2, :3] = False
     prefix = seq - window
     got = snapkv_scores(
         queries,
@@ -112,3 +115,14 @@ def test_snapkv_scores_accept_transposed_half_precision_keys() -> None:
     half = snapkv_scores(queries.bfloat16(), keys.bfloat16(), None, scaling=0.25, prefix_length=9)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, reference, rtol=0.05, atol=1e-3)
+
+
+def test_snapkv_scores_do_not_overflow_in_float16() -> None:
+    # Unscaled q.k of large activations exceeds float16's range; the scaling is applied to the queries first.
+    generator = torch.Generator().manual_seed(2)
+    queries = torch.randn(1, 4, 3, 64, generator=generator) * 100
+    keys = torch.randn(1, 2, 12, 64, generator=generator) * 100
+    reference = snapkv_scores(queries, keys, None, scaling=64**-0.5, prefix_length=9)
+    half = snapkv_scores(queries.half(), keys.half(), None, scaling=64**-0.5, prefix_length=9)
+    assert torch.isfinite(half).all()
+    assert torch.equal(half.argmax(-1), reference.argmax(-1))

@@ -203,9 +203,15 @@ def _make_attention_pre_hook(
             if query_length > layer.budget:
                 _stash_prefill(cache, layer, module, recipe, hidden_states, kwargs)
             return None
-        if query_length == 1 and kwargs.get("attention_mask") is None and not cache._has_padding():
-            # One new token, nothing padded, and the model's mask function chose no mask (sdpa, flash): the token
-            # may see every stored entry of every layer, whatever their number, so no mask is right for all.
+        if (
+            query_length == 1
+            and kwargs.get("attention_mask") is None
+            and cache._mask_kinds[layer_idx] == "full"
+            and not cache._has_padding()
+        ):
+            # One new token, nothing padded, full attention, and the model's mask function chose no mask (sdpa,
+            # flash): the token may see every stored entry of every such layer, whatever their number, so no mask
+            # is right for all. (A sliding-window layer may need one where the model's reference layer did not.)
             return None
         kwargs["attention_mask"] = cache._layer_mask(
             module.config, hidden_states, kwargs.get("position_ids"), layer_idx

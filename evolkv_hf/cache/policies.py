@@ -113,11 +113,12 @@ def snapkv_scores(
     num_kv_heads, seq = keys.shape[1], keys.shape[2]
     groups = num_heads // num_kv_heads
     # One matmul per KV head for all its query heads: (batch, kv, groups * w, seq). The product runs in the
-    # keys' dtype with the scaling folded into the queries, as sdpa computes it (half-precision matmuls are
-    # several times faster); the softmax and everything after it run in float32.
-    # Keys usually arrive as a transposed view of the projection: a contiguous copy makes the matmul faster.
-    q = queries.reshape(batch, num_kv_heads, groups * window, head_dim).to(keys.dtype)
-    logits = torch.matmul(q, keys.contiguous().transpose(-1, -2)).float().mul_(scaling)
+    # keys' dtype, as the attention itself computes it (half-precision matmuls are several times faster), with
+    # the scaling applied to the queries first so that float16 logits cannot overflow; the softmax and
+    # everything after it run in float32. Keys usually arrive as a transposed view of the projection: a
+    # contiguous copy makes the matmul faster.
+    q = (queries.reshape(batch, num_kv_heads, groups * window, head_dim).float() * scaling).to(keys.dtype)
+    logits = torch.matmul(q, keys.contiguous().transpose(-1, -2)).float()
     if softcap is not None:
         logits = torch.tanh(logits / softcap).mul_(softcap)
     logits = logits.view(batch, num_kv_heads, groups, window, seq)
