@@ -45,7 +45,11 @@ def run_block(name: str, run: dict[str, Any]) -> str:
                 if (r["method"] == method or (method == "full cache" and r["method"] == "full"))
                 and (r["budget"] == budget or not isinstance(r["budget"], int))
             ]
-            cells.append(f"{match[0]['score']:.1f} [{match[0]['ci_low']:.1f}, {match[0]['ci_high']:.1f}]" if match else "-")
+            cells.append(
+                f"{match[0]['score']:.1f} [{match[0]['ci_low']:.1f}, {match[0]['ci_high']:.1f}]"
+                if match
+                else "-"
+            )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("")
     for label, search in run.get("searches", {}).items():
@@ -86,10 +90,14 @@ def plot_allocations(name: str, run: dict[str, Any], directory: Path) -> Path | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", default=None, help="only this run (a key of summary.json's runs)")
     parser.add_argument("--summary", type=Path, default=ROOT / "summary.json")
-    parser.add_argument("--plots", type=Path, default=None, help="write allocation plots (and score plots) here")
+    parser.add_argument(
+        "--plots", type=Path, default=None, help="write allocation plots (and score plots) here"
+    )
     args = parser.parse_args()
     runs = json.loads(args.summary.read_text())["runs"]
     for name, run in runs.items():
