@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import transformers
+from tables import plot_scores  # results/tables.py, beside this script
 
 from evolkv_hf import BudgetAllocation
 from evolkv_hf.demo import DEMO_MODEL_ID, load_demo_model
@@ -206,7 +207,8 @@ def main() -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    plot(summary, ROOT / f"{args.task}__{args.context_length}__scores.png", args, rows)
+    run_name = f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}"
+    plot_scores(run_name, summary["runs"][run_name], ROOT / f"{run_name}__scores.png")
     print(f"wrote {summary_path}")
 
 
@@ -232,28 +234,6 @@ def git_commit() -> str | None:
     if not commit:
         return None
     return commit + "-dirty" if changed.stdout.strip() else commit
-
-
-def plot(summary: dict[str, Any], path: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return
-    figure = Figure(figsize=(6, 4))
-    axes = figure.subplots()
-    for method in sorted({r["method"] for r in rows if r["budget"] != "full"}):
-        points = sorted((r["budget"], r["score"]) for r in rows if r["method"] == method)
-        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
-    full = [r["score"] for r in rows if r["method"] == "full"]
-    if full:
-        axes.axhline(full[0], color="black", linestyle="--", label="full cache")
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("mean KV budget per layer (tokens)")
-    axes.set_ylabel(rows[0]["metric"])
-    axes.set_title(f"{args.task}, {args.context_length} tokens, SmolLM2-135M-Instruct")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Usage::
 
 One block per run: held-out scores with 95% bootstrap intervals at every budget, each search's time and
 budgets, the evaluation time and the exact command. With ``--plots DIR``, also one figure per run of the
-learned per-layer budgets (``allocations_<run>.png``) and a copy of its score-vs-budget plot.
+learned per-layer budgets (``allocations_<run>.png``) and its score-vs-budget plot (``scores_<run>.png``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,34 @@ def run_block(name: str, run: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_scores(name: str, run: dict[str, Any], path: Path) -> Path | None:
+    """Held-out score against mean budget, one line per method, the full cache dashed."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    rows = run["rows"]
+    settings = run["settings"]
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for method in sorted({r["method"] for r in rows if isinstance(r["budget"], int)}):
+        points = sorted((r["budget"], r["score"]) for r in rows if r["method"] == method)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    full = [r["score"] for r in rows if not isinstance(r["budget"], int)]
+    if full:
+        axes.axhline(full[0], color="black", linestyle="--", label="full cache")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("mean KV budget per layer (tokens)")
+    axes.set_ylabel(rows[0]["metric"])
+    axes.set_title(
+        f"{settings['task']}, {settings['context_length']} tokens, searched at {settings['target_budget']}"
+    )
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def plot_allocations(name: str, run: dict[str, Any], directory: Path) -> Path | None:
     """Learned budgets per layer for every seed of a run, against the uniform budget."""
     searches = run.get("searches", {})
@@ -107,10 +135,7 @@ def main() -> None:
         if args.plots is not None:
             args.plots.mkdir(parents=True, exist_ok=True)
             plot_allocations(name, run, args.plots)
-            settings = run["settings"]
-            scores = ROOT / f"{settings['task']}__{settings['context_length']}__scores.png"
-            if scores.is_file():
-                (args.plots / f"scores_{name}.png").write_bytes(scores.read_bytes())
+            plot_scores(name, run, args.plots / f"scores_{name}.png")
 
 
 if __name__ == "__main__":
