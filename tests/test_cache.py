@@ -82,6 +82,19 @@ def test_budget_at_least_prompt_is_identical_to_dynamic_cache(attn):
     assert not any(layer.is_compressed for layer in cache.layers)
 
 
+def count_mask_builds(cache: EvolKVCache) -> list[int]:
+    """Record the layer index of every per-layer mask the cache builds from now on."""
+    built: list[int] = []
+    build = cache._layer_mask
+
+    def counting_build(config, hidden_states, position_ids, layer_idx):
+        built.append(layer_idx)
+        return build(config, hidden_states, position_ids, layer_idx)
+
+    cache._layer_mask = counting_build
+    return built
+
+
 @pytest.mark.parametrize(
     ("attn", "pads", "builds"), [("sdpa", [0], False), ("sdpa", [0, 6], True), ("eager", [0], True)]
 )
@@ -90,14 +103,7 @@ def test_decode_builds_per_layer_masks_only_when_needed(attn, pads, builds):
     model = tiny_model("llama", attn=attn)
     inputs = random_batch(len(pads), PROMPT, pads, seed=4)
     cache = EvolKVCache(model, [9, 17, 30], window_size=4)
-    built_for_layers = []
-    build = cache._layer_mask
-
-    def counting_build(config, hidden_states, position_ids, layer_idx):
-        built_for_layers.append(layer_idx)
-        return build(config, hidden_states, position_ids, layer_idx)
-
-    cache._layer_mask = counting_build
+    built_for_layers = count_mask_builds(cache)
     ours = greedy(model, inputs, past_key_values=cache, max_new_tokens=NEW)
     oracle_model = tiny_model("llama", attn=attn)
     EvictionOracle.from_cache(cache, PROMPT).install(oracle_model)
@@ -116,14 +122,7 @@ def test_decode_keeps_per_layer_masks_for_sliding_window_layers():
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     model.generation_config.pad_token_id = 0
     cache = EvolKVCache(model, [9, 30, 17], window_size=4)
-    built_for_layers = []
-    build = cache._layer_mask
-
-    def counting_build(config, hidden_states, position_ids, layer_idx):
-        built_for_layers.append(layer_idx)
-        return build(config, hidden_states, position_ids, layer_idx)
-
-    cache._layer_mask = counting_build
+    built_for_layers = count_mask_builds(cache)
     greedy(model, random_batch(1, PROMPT, [0], seed=4), past_key_values=cache, max_new_tokens=NEW)
     # Layer 1 stores 30 > 12 entries: its sliding mask is built at every decode step (NEW - 1 of them), also in
     # the first steps, where layer 0 (9 stored + new) is still inside the window and the model passes no mask.
