@@ -184,6 +184,12 @@ def compression_alone_ms(model: Any, length: int, budget: int, repeats: int) -> 
     return statistics.median(times) * 1000
 
 
+def prompt_ids(model: Any, length: int) -> torch.Tensor:
+    """The random-token prompt of ``length`` tokens (seeded by the length, as in ``kvpress_worker.py``)."""
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(100, model.config.vocab_size, (1, length), generator=generator).to(model.device)
+
+
 def measure_timings(
     model: Any,
     methods: list[Method],
@@ -191,8 +197,7 @@ def measure_timings(
     length: int,
     args: argparse.Namespace,
 ) -> dict[Method, dict[str, Any]]:
-    generator = torch.Generator().manual_seed(length)
-    ids = torch.randint(100, model.config.vocab_size, (1, length), generator=generator).to(model.device)
+    ids = prompt_ids(model, length)
     runs: dict[Method, dict[str, list[float]]] = {m: {"prefill": [], "decode": []} for m in methods}
     held: dict[Method, int] = {}
     time_prefill(model, ids, make_cache(model, methods[0], allocations))  # untimed: first pass at this length
@@ -220,8 +225,7 @@ def measure_timings(
 def peak_memory_in_process(
     model: Any, method: Method, allocations: dict[tuple[str, int], Any], length: int, decode_tokens: int
 ) -> tuple[int, str]:
-    generator = torch.Generator().manual_seed(length)
-    ids = torch.randint(100, model.config.vocab_size, (1, length), generator=generator).to(model.device)
+    ids = prompt_ids(model, length)
     gc.collect()
     if model.device.type == "cuda":
         torch.cuda.empty_cache()

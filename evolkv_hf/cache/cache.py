@@ -230,12 +230,8 @@ class EvolKVCache(Cache):
 
     def _has_padding(self) -> bool:
         """Whether this forward's 2D padding mask masks anything (checked once per forward)."""
-        key = ("has_padding",)
-        if key not in self._mask_memo:
-            mask = self._forward_mask
-            self._mask_memo[key] = mask is not None and not bool(mask.bool().all())
-        padded: bool = self._mask_memo[key]
-        return padded
+        mask = self._forward_mask
+        return mask is not None and self._key_valid(mask.shape[-1]) is not None
 
     def _layer_mask(
         self, config: Any, hidden_states: torch.Tensor, position_ids: torch.Tensor | None, layer_idx: int
