@@ -1,7 +1,7 @@
 """Cost of EvolKVCache against DynamicCache on the demo model, as ratios measured in one run.
 
-Measures, interleaving the two caches (A B A B ...) and taking medians so that a noisy shared machine
-affects both alike:
+Measures, interleaving the two caches (A B B A A B ...: the order alternates so that neither cache always
+runs second) and taking medians so that a noisy shared machine affects both alike:
 
 * prefill + compression time of one forward over a prompt of 2k, 4k and 8k tokens, EvolKVCache (mean
   budget 128, SnapKV scoring) over DynamicCache, as the ratio of the medians and as the median of the
@@ -78,8 +78,8 @@ def main() -> None:
     for length in lengths:
         ids = torch.randint(100, vocab, (1, length), generator=generator)
         times: dict[str, list[float]] = {"dynamic": [], "evolkv": []}
-        for _ in range(args.repeats):
-            for kind in ("dynamic", "evolkv"):
+        for repeat in range(args.repeats):
+            for kind in ("dynamic", "evolkv") if repeat % 2 == 0 else ("evolkv", "dynamic"):
                 cache = make_cache(kind, model, args.budget)
                 times[kind].append(time_prefill(model, ids, cache))
                 results["kv_bytes"].setdefault(f"{kind}_{length}", kv_memory_bytes(cache))
@@ -92,8 +92,10 @@ def main() -> None:
         results[key] = round(ratio, 3)
         # Each repeat times the two caches back to back: the median of those pairs' ratios is less sensitive to
         # a slow phase of the shared machine than the ratio of the two medians.
-        paired = statistics.median(e / d for d, e in zip(times["dynamic"], times["evolkv"], strict=True))
+        pairs = [e / d for d, e in zip(times["dynamic"], times["evolkv"], strict=True)]
+        paired = statistics.median(pairs)
         results[f"prefill_paired_ratio_{length // 1024}k"] = round(paired, 3)
+        results["prefill_seconds"][str(length)]["paired_ratios"] = [round(r, 4) for r in pairs]
         print(
             f"prefill {length:>5} tokens: DynamicCache {medians['dynamic']:.2f}s  "
             f"EvolKVCache {medians['evolkv']:.2f}s  ratio {ratio:.3f} (median of paired ratios {paired:.3f})",

@@ -194,7 +194,8 @@ def main() -> None:
 
     summary_path = ROOT / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"runs": {}}
-    summary["runs"][f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}"] = {
+    run_name = run_key(args)
+    summary["runs"][run_name] = {
         "rows": rows,
         "searches": search_info,
         "settings": vars(args),
@@ -207,9 +208,16 @@ def main() -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    run_name = f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}"
     plot_scores(run_name, summary["runs"][run_name], ROOT / f"{run_name}__scores.png")
     print(f"wrote {summary_path}")
+
+
+def run_key(args: argparse.Namespace) -> str:
+    """The run's key in ``summary.json``: every setting that changes the searched allocations."""
+    return (
+        f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}__g{args.generations}"
+        f"__s{args.search_samples}"
+    )
 
 
 def git_commit() -> str | None:

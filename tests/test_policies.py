@@ -48,6 +48,7 @@ def _reference_scores(
     kernel: int,
     pooling: str,
     aggregation: str,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """SnapKV written out head by head: window attention, mean over valid window queries, pooling, GQA."""
     batch, heads, window, _ = queries.shape
@@ -61,6 +62,8 @@ def _reference_scores(
             for g in range(groups):
                 q = queries[b, kv * groups + g].float()
                 logits = (q @ keys[b, kv].float().T) * scaling
+                if softcap is not None:
+                    logits = torch.tanh(logits / softcap) * softcap
                 for i in range(window):
                     logits[i, seq - window + i + 1 :] = float("-inf")
                 logits[:, ~valid] = float("-inf")
@@ -104,6 +107,22 @@ def test_snapkv_scores_match_the_head_by_head_definition(
     )
     expected = _reference_scores(queries, keys, key_valid, dim**-0.5, prefix, 5, pooling, aggregation)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_snapkv_scores_apply_the_logit_softcap_before_the_softmax() -> None:
+    # Gemma2 caps its attention logits; large queries make the cap bite.
+    generator = torch.Generator().manual_seed(3)
+    queries = torch.randn(2, 4, 3, 8, generator=generator) * 20
+    keys = torch.randn(2, 2, 15, 8, generator=generator)
+    key_valid = torch.ones(2, 15, dtype=torch.bool)
+    key_valid[1, :5] = False
+    got = snapkv_scores(
+        queries, keys, key_valid, scaling=8**-0.5, prefix_length=12, kernel_size=3, softcap=5.0
+    )
+    expected = _reference_scores(queries, keys, key_valid, 8**-0.5, 12, 3, "avg", "mean", softcap=5.0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    uncapped = snapkv_scores(queries, keys, key_valid, scaling=8**-0.5, prefix_length=12, kernel_size=3)
+    assert not torch.allclose(got[torch.isfinite(got)], uncapped[torch.isfinite(uncapped)])
 
 
 def test_snapkv_scores_accept_transposed_half_precision_keys() -> None:

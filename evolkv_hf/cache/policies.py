@@ -114,34 +114,46 @@ def snapkv_scores(
     groups = num_heads // num_kv_heads
     # One matmul per KV head for all its query heads: (batch, kv, groups * w, seq). The product runs in the
     # keys' dtype, as the attention itself computes it (half-precision matmuls are several times faster), with
-    # the scaling applied to the queries first so that float16 logits cannot overflow; the softmax and
-    # everything after it run in float32. Keys usually arrive as a transposed view of the projection: a
-    # contiguous copy makes the matmul faster.
+    # the scaling applied to the queries first so that float16 logits cannot overflow; everything after it runs
+    # in float32. Keys usually arrive as a transposed view of the projection: a contiguous copy makes the matmul
+    # faster.
     q = (queries.reshape(batch, num_kv_heads, groups * window, head_dim).float() * scaling).to(keys.dtype)
     logits = torch.matmul(q, keys.contiguous().transpose(-1, -2)).float()
     if softcap is not None:
-        logits = torch.tanh(logits / softcap).mul_(softcap)
-    logits = logits.view(batch, num_kv_heads, groups, window, seq)
+        logits.div_(softcap).tanh_().mul_(softcap)
+    grouped = logits.view(batch, num_kv_heads, groups, window, seq)
     # Causality only bites inside the window: query i (position seq - w + i) must not see the later window keys.
     future = torch.ones(window, window, dtype=torch.bool, device=keys.device).triu_(1)
-    logits[..., seq - window :].masked_fill_(future, float("-inf"))
+    grouped[..., seq - window :].masked_fill_(future, float("-inf"))
     if key_valid is not None:
-        logits.masked_fill_(~key_valid[:, None, None, None, :], float("-inf"))
-    weights = torch.softmax(logits, dim=-1)[..., :prefix_length]
-    # Average pooling and the mean over query heads are linear: reduce the window and the query heads in one
-    # pass and pool one row per KV head. Max pooling or max aggregation must pool each query head first.
-    linear = pooling == "avg" and gqa_aggregation == "mean"
-    reduce_dims: tuple[int, ...] = (2, 3) if linear else (3,)
+        grouped.masked_fill_(~key_valid[:, None, None, None, :], float("-inf"))
+    # The softmax, written out so that it runs in place on the one large buffer: on CPU, allocating and first
+    # touching fresh (groups * w, seq) buffers costs more than the arithmetic. The normalisation and the
+    # average over the window are then one small matmul: mean_i exp_i / sum_i = (1 / (n * sum)) @ exp.
+    row_max = logits.amax(dim=-1, keepdim=True)
     if key_valid is not None:
-        # A pad query sees only pads: its row is all -inf (NaN after softmax). Drop those rows.
+        # A pad query of a row shorter than the window sees only pads: keep its row all zero, not NaN.
+        row_max.masked_fill_(row_max == float("-inf"), 0.0)
+    row_sum = logits.sub_(row_max).exp_().sum(dim=-1)  # (batch, kv, groups * w)
+    if key_valid is not None:
+        row_weight = torch.where(row_sum > 0, row_sum.reciprocal(), torch.zeros_like(row_sum))
         query_valid = key_valid[:, seq - window :]  # (batch, w)
-        weights = torch.where(query_valid[:, None, None, :, None], weights, torch.zeros_like(weights))
-        counts = query_valid.sum(dim=-1).clamp(min=1).to(weights.dtype)
-        if linear:
-            counts = counts * groups
-        observed = weights.sum(dim=reduce_dims) / counts.view(batch, *([1] * (4 - len(reduce_dims))))
+        counts = query_valid.sum(dim=-1).clamp(min=1).to(row_weight.dtype)
+        # Pad queries (rows shorter than the window) are left out of the average.
+        row_weight = row_weight.view(batch, num_kv_heads, groups, window) * query_valid[:, None, None, :]
+        row_weight = row_weight / counts.view(batch, 1, 1, 1)
     else:
-        observed = weights.mean(dim=reduce_dims)  # (batch, kv, prefix) or (batch, kv, groups, prefix)
+        # Without pads every query sees at least itself: no row sums to zero.
+        row_weight = row_sum.reciprocal_().view(batch, num_kv_heads, groups, window) / window
+    # Average pooling and the mean over query heads are linear: reduce the window and the query heads in one
+    # product and pool one row per KV head. Max pooling or max aggregation must pool each query head first.
+    linear = pooling == "avg" and gqa_aggregation == "mean"
+    if linear:
+        weights = (row_weight / groups).reshape(batch, num_kv_heads, 1, groups * window)
+        observed = torch.matmul(weights, logits[..., :prefix_length]).squeeze(-2)  # (batch, kv, prefix)
+    else:
+        # (batch, kv, groups, prefix)
+        observed = torch.matmul(row_weight.unsqueeze(-2), grouped[..., :prefix_length]).squeeze(-2)
     if kernel_size > 1 and prefix_length > 0:
         shape = observed.shape
         flat = observed.reshape(-1, 1, prefix_length)
