@@ -70,7 +70,11 @@ def _reference_scores(
                 rows = [torch.softmax(logits[i], -1) for i in range(window) if valid[seq - window + i]]
                 mean = torch.stack(rows).mean(0)[:prefix] if rows else torch.zeros(prefix)
                 pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
-                pooled = pool(mean[None, None], kernel, stride=1, padding=kernel // 2)[0, 0, :prefix]
+                pooled = (
+                    pool(mean[None, None], kernel, stride=1, padding=kernel // 2)[0, 0, :prefix]
+                    if prefix
+                    else mean
+                )
                 per_head.append(pooled)
             stacked = torch.stack(per_head)
             out[b, kv] = stacked.mean(0) if aggregation == "mean" else stacked.amax(0)
@@ -107,6 +111,60 @@ def test_snapkv_scores_match_the_head_by_head_definition(
     )
     expected = _reference_scores(queries, keys, key_valid, dim**-0.5, prefix, 5, pooling, aggregation)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "window", "seq", "kernel"),
+    [
+        (4, 4, 1, 6, 1),  # no GQA, a one-token window, no pooling
+        (4, 2, 5, 5, 3),  # the whole prompt is the window: nothing to score
+        (6, 2, 3, 10, 2),  # an even kernel
+    ],
+)
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_snapkv_scores_match_the_definition_at_edge_shapes(
+    heads: int, kv_heads: int, window: int, seq: int, kernel: int, pooling: str
+) -> None:
+    generator = torch.Generator().manual_seed(4)
+    queries = torch.randn(3, heads, window, 8, generator=generator)
+    keys = torch.randn(3, kv_heads, seq, 8, generator=generator)
+    key_valid = torch.ones(3, seq, dtype=torch.bool)
+    key_valid[1, : seq - 1] = False  # one real token
+    key_valid[2] = False  # nothing real at all
+    for valid in (None, key_valid):
+        got = snapkv_scores(
+            queries, keys, valid, scaling=0.3, prefix_length=seq - window, kernel_size=kernel, pooling=pooling
+        )
+        expected = _reference_scores(queries, keys, valid, 0.3, seq - window, kernel, pooling, "mean")
+        assert got.shape == (3, kv_heads, seq - window)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_snapkv_scores_ignore_pad_queries_whatever_their_values() -> None:
+    # Right padding: pad queries see real keys. Their rows are left out of the average, even when they hold
+    # non-finite values (the in-place softmax must not carry them into the scores through a zero weight).
+    generator = torch.Generator().manual_seed(5)
+    queries = torch.randn(2, 4, 3, 8, generator=generator)
+    keys = torch.randn(2, 2, 9, 8, generator=generator)
+    key_valid = torch.ones(2, 9, dtype=torch.bool)
+    key_valid[0, 8] = False
+    queries[0, :, 2] = float("nan")  # the pad query of row 0
+    got = snapkv_scores(queries, keys, key_valid, scaling=0.3, prefix_length=6, kernel_size=3)
+    expected = _reference_scores(queries, keys, key_valid, 0.3, 6, 3, "avg", "mean")
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_snapkv_scores_leave_their_inputs_untouched() -> None:
+    generator = torch.Generator().manual_seed(6)
+    queries = torch.randn(2, 4, 3, 8, generator=generator).bfloat16()
+    keys = torch.randn(2, 2, 9, 8, generator=generator).bfloat16()
+    key_valid = torch.ones(2, 9, dtype=torch.bool)
+    key_valid[1, :4] = False
+    copies = (queries.clone(), keys.clone(), key_valid.clone())
+    snapkv_scores(queries, keys, key_valid, scaling=0.3, prefix_length=6, softcap=2.0)
+    for before, after in zip(copies, (queries, keys, key_valid), strict=True):
+        assert torch.equal(before, after)
 
 
 def test_snapkv_scores_apply_the_logit_softcap_before_the_softmax() -> None:

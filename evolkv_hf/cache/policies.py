@@ -77,6 +77,7 @@ class ScoringOptions:
         return self.policy == "snapkv"
 
 
+@torch.no_grad()
 def snapkv_scores(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -126,25 +127,25 @@ def snapkv_scores(
     future = torch.ones(window, window, dtype=torch.bool, device=keys.device).triu_(1)
     grouped[..., seq - window :].masked_fill_(future, float("-inf"))
     if key_valid is not None:
+        query_valid = key_valid[:, seq - window :]  # (batch, w)
         grouped.masked_fill_(~key_valid[:, None, None, None, :], float("-inf"))
+        # Pad queries are left out of the average: empty their rows, whatever they saw (right padding) or held.
+        grouped.masked_fill_(~query_valid[:, None, None, :, None], float("-inf"))
     # The softmax, written out so that it runs in place on the one large buffer: on CPU, allocating and first
     # touching fresh (groups * w, seq) buffers costs more than the arithmetic. The normalisation and the
     # average over the window are then one small matmul: mean_i exp_i / sum_i = (1 / (n * sum)) @ exp.
     row_max = logits.amax(dim=-1, keepdim=True)
     if key_valid is not None:
-        # A pad query of a row shorter than the window sees only pads: keep its row all zero, not NaN.
-        row_max.masked_fill_(row_max == float("-inf"), 0.0)
+        row_max.masked_fill_(row_max == float("-inf"), 0.0)  # an emptied row stays all zero, not NaN
+    # A real query sees at least itself, so its row sums to >= 1 (exp(0) at the maximum); emptied rows sum to 0
+    # and get no weight below.
     row_sum = logits.sub_(row_max).exp_().sum(dim=-1)  # (batch, kv, groups * w)
+    row_weight = row_sum.clamp_min_(1.0).reciprocal_().view(batch, num_kv_heads, groups, window)
     if key_valid is not None:
-        row_weight = torch.where(row_sum > 0, row_sum.reciprocal(), torch.zeros_like(row_sum))
-        query_valid = key_valid[:, seq - window :]  # (batch, w)
         counts = query_valid.sum(dim=-1).clamp(min=1).to(row_weight.dtype)
-        # Pad queries (rows shorter than the window) are left out of the average.
-        row_weight = row_weight.view(batch, num_kv_heads, groups, window) * query_valid[:, None, None, :]
-        row_weight = row_weight / counts.view(batch, 1, 1, 1)
+        row_weight = row_weight * query_valid[:, None, None, :] / counts.view(batch, 1, 1, 1)
     else:
-        # Without pads every query sees at least itself: no row sums to zero.
-        row_weight = row_sum.reciprocal_().view(batch, num_kv_heads, groups, window) / window
+        row_weight = row_weight / window
     # Average pooling and the mean over query heads are linear: reduce the window and the query heads in one
     # product and pool one row per KV head. Max pooling or max aggregation must pool each query head first.
     linear = pooling == "avg" and gqa_aggregation == "mean"
