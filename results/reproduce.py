@@ -77,6 +77,24 @@ def search(
     directory = ROOT / "allocations" / name
     if (directory / "allocation.json").is_file():
         allocation = BudgetAllocation.from_pretrained(directory)
+        # The directory name does not carry every setting: reuse it only when its provenance matches.
+        wanted = {
+            "search_num_samples": args.search_samples,
+            "search_population_size": args.population,
+            "search_group_size": args.group_size,
+            "context_length": args.context_length,
+        }
+        saved = {
+            "search_num_samples": allocation.search_num_samples,
+            "search_population_size": allocation.search_population_size,
+            "search_group_size": allocation.search_group_size,
+            "context_length": allocation.extra.get("context_length"),
+        }
+        if saved != wanted:
+            raise SystemExit(
+                f"{directory} holds an allocation searched with {saved}, not {wanted}; move it aside to search "
+                "again with these settings."
+            )
         return allocation, float(allocation.extra.get("search_seconds", float("nan")))
     search_args = SearchArguments(
         output_dir=str(ROOT / "runs" / name),
