@@ -1,12 +1,13 @@
 """Cost of EvolKVCache against DynamicCache on the demo model, as ratios measured in one run.
 
-Measures, interleaving the two caches (A B B A A B ...: the order alternates so that neither cache always
-runs second) and taking medians so that a noisy shared machine affects both alike:
+Measures, interleaving the two caches (for the prefills A B B A A B ...: the order alternates so that neither
+cache always runs second) and taking medians so that a noisy shared machine affects both alike:
 
 * prefill + compression time of one forward over a prompt of 2k, 4k and 8k tokens, EvolKVCache (mean
   budget 128, SnapKV scoring) over DynamicCache, as the ratio of the medians and as the median of the
   ratios of back-to-back pairs;
-* decode time per token at 8k context with budget 128, over DynamicCache;
+* decode time per token at 8k context with budget 128, over DynamicCache (rounds interleaved A B A B,
+  each cache continuing its own sequence);
 * the K/V bytes each cache holds after the prefill.
 
 Writes ``benchmarks/results/cache_cost.json`` (``prefill_ratio_2k``, ``prefill_ratio_4k``,

@@ -153,6 +153,7 @@ def make_cache(model: Any, method: Method, allocations: dict[tuple[str, int], An
 
 def compression_alone_ms(model: Any, length: int, budget: int, repeats: int) -> float:
     """Milliseconds of the compression step of one prefill (all layers) on random tensors of the model's shapes."""
+    from evolkv_hf.cache.layer import _gather
     from evolkv_hf.cache.policies import select_positions, snapkv_scores
 
     config = model.config
@@ -168,8 +169,7 @@ def compression_alone_ms(model: Any, length: int, budget: int, repeats: int) -> 
     def one_layer() -> None:
         scores = snapkv_scores(queries, keys, None, scaling=head_dim**-0.5, prefix_length=length - window)
         positions = select_positions(scores, budget - window, length, window)
-        index = positions.unsqueeze(-1).expand(-1, -1, -1, head_dim)
-        keys.gather(2, index), values.gather(2, index)
+        _gather(keys, positions), _gather(values, positions)  # the cache's own gather
 
     for _ in range(3):
         one_layer()
@@ -408,7 +408,7 @@ def plot_scaling(rows: list[dict[str, Any]], compression: dict[str, float], budg
 
 
 def kvpress_comparison(
-    rows: list[dict[str, Any]], raw: dict[str, Any], ours: dict[str, Any]
+    rows: list[dict[str, Any]], kvpress_environment: dict[str, Any], ours: dict[str, Any]
 ) -> dict[str, Any]:
     """Side by side: EvolKVCache (uniform) and SnapKVPress at each length and kept-token count."""
     pairs = []
@@ -435,7 +435,7 @@ def kvpress_comparison(
         "to a DynamicCache measured in its own environment in the same run",
         "settings": {"window_size": 32, "kernel_size": 7, "pooling": "avg", "gqa_aggregation": "mean"},
         "evolkv_environment": ours,
-        "kvpress_environment": raw["environment"],
+        "kvpress_environment": kvpress_environment,
         "pairs": pairs,
     }
 
@@ -575,9 +575,7 @@ def write_derived(results: dict[str, Any], output: Path, plot: Path) -> None:
     plot_scaling(rows, results["compression_alone_ms"], 128 if 128 in budgets else budgets[0], plot)
     print(f"wrote {plot}")
     if results.get("kvpress_environment"):
-        comparison = kvpress_comparison(
-            rows, {"environment": results["kvpress_environment"]}, results["environment"]
-        )
+        comparison = kvpress_comparison(rows, results["kvpress_environment"], results["environment"])
         comparison["command"] = results["command"]
         path = output.parent / "kvpress_compare.json"
         path.write_text(json.dumps(comparison, indent=2) + "\n")

@@ -107,6 +107,11 @@ def main() -> None:
         speedup = plain_seconds / fast_seconds
         key = f"{length // 1024}k"
         results[f"speedup_{key}"] = round(speedup, 2)
+        per_minute = {
+            "plain": round(args.candidates / plain_seconds * 60, 2),
+            "prefill_once_including_prefill": round(args.candidates / fast_seconds * 60, 2),
+            "prefill_once_after_prefill": round(args.candidates / (fast_seconds - prefill_seconds) * 60, 2),
+        }
         results["per_length"][key] = {
             "context_tokens": length,
             "samples": args.samples,
@@ -117,13 +122,7 @@ def main() -> None:
             "fast_seconds_total": round(fast_seconds, 1),
             "fast_prefill_seconds": round(prefill_seconds, 1),
             "fast_seconds_per_candidate": round((fast_seconds - prefill_seconds) / args.candidates, 2),
-            "candidates_per_minute": {
-                "plain": round(args.candidates / plain_seconds * 60, 2),
-                "prefill_once_including_prefill": round(args.candidates / fast_seconds * 60, 2),
-                "prefill_once_after_prefill": round(
-                    args.candidates / (fast_seconds - prefill_seconds) * 60, 2
-                ),
-            },
+            "candidates_per_minute": per_minute,
             "stored_prefill_mib": round(fast.stored_bytes / 2**20, 1),
             "identical_answers": identical_answers,
             "identical_scores": identical_scores,
@@ -134,8 +133,8 @@ def main() -> None:
         print(
             f"{length} tokens: plain {plain_seconds:.0f}s (measured {plain_measured:.0f}s on {plain_count} "
             f"candidates), prefill-once {fast_seconds:.0f}s (prefill {prefill_seconds:.0f}s) -> speed-up "
-            f"{speedup:.1f}x; candidates/min: plain {args.candidates / plain_seconds * 60:.2f}, prefill-once "
-            f"{args.candidates / fast_seconds * 60:.2f} ({args.candidates / (fast_seconds - prefill_seconds) * 60:.1f} "
+            f"{speedup:.1f}x; candidates/min: plain {per_minute['plain']}, prefill-once "
+            f"{per_minute['prefill_once_including_prefill']} ({per_minute['prefill_once_after_prefill']} "
             f"after the prefill); identical={identical_answers and identical_scores}; stored prefills "
             f"{fast.stored_bytes / 2**20:.0f} MiB; peak RSS {peak_rss_mib():.0f} MiB",
             flush=True,

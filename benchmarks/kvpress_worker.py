@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     parser.add_argument("--memory-job", default=None)
     args = parser.parse_args()
+    if args.output is None and args.memory_job is None:
+        parser.error("--output is required")
 
     model = load(args.checkpoint, args.dtype, args.attn)
     vocab = model.config.vocab_size
@@ -146,8 +148,6 @@ def main() -> None:
         "transformers": importlib.metadata.version("transformers"),
         "kvpress": importlib.metadata.version("kvpress"),
     }
-    if args.output is None:
-        raise SystemExit("--output is required")
     args.output.write_text(json.dumps({"environment": environment, "rows": rows}, indent=2) + "\n")
 
 

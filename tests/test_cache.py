@@ -18,7 +18,7 @@ from tiny_models import (
     tiny_config,
     tiny_model,
 )
-from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache
+from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from evolkv_hf import EvolKVCache
@@ -116,11 +116,7 @@ def test_decode_builds_per_layer_masks_only_when_needed(attn, pads, builds):
 def test_decode_keeps_per_layer_masks_for_sliding_window_layers():
     # Regression: a layer storing more than the window needs its sliding mask even when the model's reference
     # layer (storing less) needs none; the no-mask decode shortcut is for full-attention layers only.
-    config = tiny_config("mistral", 3)
-    config.sliding_window = 12
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    model.generation_config.pad_token_id = 0
+    model = tiny_model("mistral", sliding_window=12)
     cache = EvolKVCache(model, [9, 30, 17], window_size=4)
     built_for_layers = count_mask_builds(cache)
     greedy(model, random_batch(1, PROMPT, [0], seed=4), past_key_values=cache, max_new_tokens=NEW)

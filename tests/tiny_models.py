@@ -88,12 +88,16 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 
 
 def tiny_model(
-    family: str = "llama", num_layers: int = 3, attn: str = "sdpa", seed: int = 0
+    family: str = "llama", num_layers: int = 3, attn: str = "sdpa", seed: int = 0, **config_overrides: Any
 ) -> PreTrainedModel:
+    """A random model of ``family``; ``config_overrides`` are set on its tiny config first."""
     if family == "gemma2" and attn == "sdpa":
         attn = "eager"  # Gemma2's logit softcap has no sdpa path in transformers
+    config = tiny_config(family, num_layers, attn)
+    for name, value in config_overrides.items():
+        setattr(config, name, value)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, num_layers, attn), attn_implementation=attn)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     model.generation_config.pad_token_id = 0
     return model.eval()
 
