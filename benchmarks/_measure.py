@@ -7,9 +7,11 @@ environment (another transformers version, no evolkv_hf).
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,25 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 # freed (mmap), so the process's resident peak follows what is live rather than what the allocator kept.
 MEMORY_RUN_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
 STATUS = Path("/proc/self/status")
+
+
+def prompt_ids(vocab_size: int, length: int) -> torch.Tensor:
+    """The benchmark prompt of ``length`` random tokens (seeded by the length: every script measures the same)."""
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(100, vocab_size, (1, length), generator=generator)
+
+
+def run_memory_job(script: str, job: dict[str, Any], arguments: list[str]) -> tuple[int, str]:
+    """Run ``script --memory-job JOB ARGUMENTS`` in a fresh process and return its peak bytes and method.
+
+    One configuration per process: CPU allocators keep freed memory, which would hide later peaks. The script
+    prints ``{"peak_bytes": ..., "method": ...}`` as its last line.
+    """
+    command = [sys.executable, script, "--memory-job", json.dumps(job), *arguments]
+    environment = {**os.environ, **MEMORY_RUN_ENVIRONMENT}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    return int(result["peak_bytes"]), str(result["method"])
 
 
 def synchronize(device: torch.device) -> None:

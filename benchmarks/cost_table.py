@@ -46,10 +46,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import (
-    MEMORY_RUN_ENVIRONMENT,
     PeakMemory,
     kv_bytes,
     machine,
+    prompt_ids,
+    run_memory_job,
     synchronize,
     time_decode,
     time_prefill,
@@ -112,8 +113,8 @@ def load_model(spec: str, dtype: torch.dtype, device: torch.device, attn: str) -
     if spec == "demo":
         from evolkv_hf.demo import load_demo_model
 
-        model, _ = load_demo_model(dtype=dtype, attn_implementation=attn)
-        return model.to(device)
+        demo: Any = load_demo_model(dtype=dtype, attn_implementation=attn)[0]
+        return demo.to(device)
     if not spec.startswith("random:") or spec.removeprefix("random:") not in RANDOM_MODELS:
         raise SystemExit(
             f"--model must be 'demo' or one of {['random:' + n for n in RANDOM_MODELS]}, got {spec!r}"
@@ -184,10 +185,9 @@ def compression_alone_ms(model: Any, length: int, budget: int, repeats: int) -> 
     return statistics.median(times) * 1000
 
 
-def prompt_ids(model: Any, length: int) -> torch.Tensor:
-    """The random-token prompt of ``length`` tokens (seeded by the length, as in ``kvpress_worker.py``)."""
-    generator = torch.Generator().manual_seed(length)
-    return torch.randint(100, model.config.vocab_size, (1, length), generator=generator).to(model.device)
+def model_prompt(model: Any, length: int) -> torch.Tensor:
+    """The shared benchmark prompt of ``length`` tokens on the model's device."""
+    return prompt_ids(model.config.vocab_size, length).to(model.device)
 
 
 def measure_timings(
@@ -197,7 +197,7 @@ def measure_timings(
     length: int,
     args: argparse.Namespace,
 ) -> dict[Method, dict[str, Any]]:
-    ids = prompt_ids(model, length)
+    ids = model_prompt(model, length)
     runs: dict[Method, dict[str, list[float]]] = {m: {"prefill": [], "decode": []} for m in methods}
     held: dict[Method, int] = {}
     time_prefill(model, ids, make_cache(model, methods[0], allocations))  # untimed: first pass at this length
@@ -225,7 +225,7 @@ def measure_timings(
 def peak_memory_in_process(
     model: Any, method: Method, allocations: dict[tuple[str, int], Any], length: int, decode_tokens: int
 ) -> tuple[int, str]:
-    ids = prompt_ids(model, length)
+    ids = model_prompt(model, length)
     gc.collect()
     if model.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -241,11 +241,7 @@ def peak_memory_in_process(
 def peak_memory_subprocess(method: Method, length: int, args: argparse.Namespace) -> tuple[int, str]:
     """Run one configuration in a fresh process (CPU allocators keep freed memory, hiding later peaks)."""
     job = {"method": method.name, "budget": method.budget, "length": length}
-    command = [sys.executable, __file__, "--memory-job", json.dumps(job), *_model_arguments(args)]
-    environment = {**os.environ, **MEMORY_RUN_ENVIRONMENT}
-    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    return int(result["peak_bytes"]), str(result["method"])
+    return run_memory_job(__file__, job, _model_arguments(args))
 
 
 def _model_arguments(args: argparse.Namespace) -> list[str]:

@@ -15,9 +15,7 @@ import contextlib
 import gc
 import importlib.metadata
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import MEMORY_RUN_ENVIRONMENT, PeakMemory, kv_bytes, machine, time_decode, time_prefill
+from _measure import PeakMemory, kv_bytes, machine, prompt_ids, run_memory_job, time_decode, time_prefill
 
 WINDOW_SIZE = 32
 KERNEL_SIZE = 7
@@ -63,11 +61,6 @@ def run_once(
     return prefill, decode, kv_bytes(cache)
 
 
-def prompt(length: int, vocab: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(length)  # the same prompts as cost_table.py
-    return torch.randint(100, vocab, (1, length), generator=generator)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True)
@@ -89,20 +82,20 @@ def main() -> None:
     if args.memory_job is not None:
         job = json.loads(args.memory_job)
         # Warm-up with the measured configuration (the first forwards allocate kernel workspaces).
-        run_once(model, prompt(600, vocab), job["budget"], 4)
+        run_once(model, prompt_ids(vocab, 600), job["budget"], 4)
         gc.collect()
         with PeakMemory(torch.device("cpu")) as peak:
-            run_once(model, prompt(job["length"], vocab), job["budget"], args.decode_tokens)
+            run_once(model, prompt_ids(vocab, job["length"]), job["budget"], args.decode_tokens)
         print(json.dumps({"peak_bytes": peak.peak_bytes, "method": peak.method}))
         return
 
-    warm = prompt(128, vocab)
+    warm = prompt_ids(vocab, 128)
     run_once(model, warm, None, 4)  # the first prefill and decode steps build kernels
     run_once(model, warm, 64, 4)
     budgets: list[int | None] = [None, *(int(b) for b in args.budgets.split(","))]
     rows: list[dict[str, Any]] = []
     for length in (int(x) for x in args.lengths.split(",")):
-        ids = prompt(length, vocab)
+        ids = prompt_ids(vocab, length)
         runs: dict[int | None, dict[str, list[float]]] = {b: {"prefill": [], "decode": []} for b in budgets}
         held: dict[int | None, int] = {}
         run_once(model, ids, None, 1)  # untimed: first pass at this length
@@ -124,22 +117,10 @@ def main() -> None:
                 "runs": runs[budget],
             }
             if not args.no_memory:
-                job = json.dumps({"length": length, "budget": budget})
-                command = [sys.executable, __file__, "--checkpoint", args.checkpoint, "--memory-job", job]
-                command += [
-                    "--decode-tokens",
-                    str(args.decode_tokens),
-                    "--dtype",
-                    args.dtype,
-                    "--attn",
-                    args.attn,
-                ]
-                environment = {**os.environ, **MEMORY_RUN_ENVIRONMENT}
-                out = subprocess.run(
-                    command, check=True, capture_output=True, text=True, env=environment
-                ).stdout
-                measured = json.loads(out.strip().splitlines()[-1])
-                row["peak_bytes"], row["peak_method"] = measured["peak_bytes"], measured["method"]
+                forwarded = ["--checkpoint", args.checkpoint, "--decode-tokens", str(args.decode_tokens)]
+                forwarded += ["--dtype", args.dtype, "--attn", args.attn]
+                job = {"length": length, "budget": budget}
+                row["peak_bytes"], row["peak_method"] = run_memory_job(__file__, job, forwarded)
             rows.append(row)
         print(f"kvpress: {length} tokens measured", flush=True)
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._validation import POLICIES, POOLINGS
+
 __all__ = [
     "COMMANDS",
     "CommandError",
@@ -235,7 +237,7 @@ def add_evaluate_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive_int, default=1, help="(default: 1)")
     run.add_argument("--window-size", type=_positive_int, default=32, help="observation window (default: 32)")
     run.add_argument("--kernel-size", type=_positive_int, default=7, help="pooling kernel (default: 7)")
-    run.add_argument("--pooling", choices=("avg", "max"), default="avg", help="(default: avg)")
+    run.add_argument("--pooling", choices=POOLINGS, default="avg", help="(default: avg)")
     run.add_argument(
         "--n-bootstrap",
         type=_non_negative_int,
@@ -471,12 +473,10 @@ def add_generate_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         "--chat", action="store_true", help="wrap the prompt with the tokenizer's chat template"
     )
     parser.add_argument("--max-new-tokens", type=_positive_int, default=64, help="(default: 64)")
-    parser.add_argument(
-        "--policy", choices=("snapkv", "streaming"), help="(default: the allocation's, or snapkv)"
-    )
+    parser.add_argument("--policy", choices=POLICIES, help="(default: the allocation's, or snapkv)")
     parser.add_argument("--window-size", type=_positive_int, help="(default: the allocation's, or 32)")
     parser.add_argument("--kernel-size", type=_positive_int, help="(default: the allocation's, or 7)")
-    parser.add_argument("--pooling", choices=("avg", "max"), help="(default: the allocation's, or avg)")
+    parser.add_argument("--pooling", choices=POOLINGS, help="(default: the allocation's, or avg)")
     parser.set_defaults(func=run_generate)
     return parser
 

@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._validation import POOLINGS
 from .allocation import BudgetAllocation
 from .allocation.hub import atomic_write
-from .cache.policies import POOLINGS
 from .inference import encode_samples, generate_answers
 from .inference import model_name as _model_name
 from .versions import package_versions

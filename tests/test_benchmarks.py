@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import cost_table  # noqa: E402
-from _measure import PeakMemory, kv_bytes  # noqa: E402
+from _measure import MEMORY_RUN_ENVIRONMENT, PeakMemory, kv_bytes, run_memory_job  # noqa: E402
 
 
 def test_cost_table_on_a_tiny_random_model(tmp_path: Path) -> None:
@@ -109,3 +109,18 @@ def test_plot_and_kvpress_comparison_with_both_environments(tmp_path: Path) -> N
     assert pair["evolkv"]["prefill_ratio"] == 1.1
     assert comparison["kvpress_environment"]["kvpress"] == "0.5.5"
     assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_run_memory_job_runs_one_configuration_in_a_fresh_process(tmp_path: Path) -> None:
+    """The launcher cost_table.py and kvpress_worker.py share: job and arguments in, last JSON line out."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "job = json.loads(sys.argv[sys.argv.index('--memory-job') + 1])\n"
+        "print('warming up')\n"
+        "print(json.dumps({'peak_bytes': job['length'] * 2, 'method': os.environ['MALLOC_MMAP_THRESHOLD_'] + "
+        "':' + sys.argv[-1]}))\n"
+    )
+    peak, method = run_memory_job(str(script), {"length": 21}, ["--dtype", "bf16"])
+    assert peak == 42
+    assert method == MEMORY_RUN_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"] + ":bf16"

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from huggingface_hub import HfApi, ModelCard, ModelHubMixin
 
+from .._validation import POOLINGS, check_positive_int
 from ..versions import package_versions
-from .arithmetic import check_positive_int, distribute, pyramid_weights, resolve_floor, target_total
+from .arithmetic import distribute, pyramid_weights, resolve_floor, target_total
 from .hub import ALLOCATION_FILE, AllocationPushError, atomic_write, locate_allocation_file, read_json_file
 from .model_card import PAPER_URL, PLOT_FILE, looks_like_repo_id, render_model_card
 
@@ -35,7 +36,8 @@ __all__ = ["FORMAT_VERSION", "POOLING_CHOICES", "BudgetAllocation"]
 FORMAT_VERSION = 1
 """Version of the ``allocation.json`` layout written by this release; files with a higher one are refused."""
 
-POOLING_CHOICES = ("avg", "max")
+POOLING_CHOICES = POOLINGS
+"""Accepted ``pooling`` values (the cache's)."""
 _POOLING_ALIASES = {"avgpool": "avg", "maxpool": "max"}  # SnapKV spelling
 _CARD_FILE = "README.md"
 _OWN_FILES = (ALLOCATION_FILE, _CARD_FILE, PLOT_FILE)

@@ -11,22 +11,14 @@ import numbers
 from collections.abc import Sequence
 from fractions import Fraction
 
+from .._validation import check_positive_int
+
 __all__ = [
-    "check_positive_int",
     "distribute",
     "pyramid_weights",
     "resolve_floor",
     "target_total",
 ]
-
-
-def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Return ``value`` as an ``int`` if it is an integer (not a bool) ``>= minimum``, else raise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
 
 
 def _as_fraction(name: str, value: object) -> Fraction:

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("snapkv", "streaming")
-POOLINGS = ("avg", "max")
-GQA_AGGREGATIONS = ("mean", "max")
+from .._validation import GQA_AGGREGATIONS, POLICIES, POOLINGS, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -62,14 +60,9 @@ class ScoringOptions:
             raise ValueError(
                 f"gqa_aggregation must be one of {GQA_AGGREGATIONS}, got {self.gqa_aggregation!r}."
             )
-        for name in ("window_size", "kernel_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if isinstance(self.num_sink_tokens, bool) or not isinstance(self.num_sink_tokens, int):
-            raise ValueError(f"num_sink_tokens must be a non-negative integer, got {self.num_sink_tokens!r}.")
-        if self.num_sink_tokens < 0:
-            raise ValueError(f"num_sink_tokens must be a non-negative integer, got {self.num_sink_tokens!r}.")
+        check_positive_int("window_size", self.window_size)
+        check_positive_int("kernel_size", self.kernel_size)
+        check_positive_int("num_sink_tokens", self.num_sink_tokens, minimum=0)
 
     @property
     def needs_queries(self) -> bool:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._validation import check_positive_int
+
 _MAX_CHUNK_ELEMENTS = 4_000_000
 
 
@@ -41,8 +43,7 @@ def bootstrap_ci(
         raise ValueError("bootstrap_ci needs at least one score")
     if not np.all(np.isfinite(values)):
         raise ValueError("bootstrap_ci: scores must be finite numbers")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    check_positive_int("n_resamples", n_resamples)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     rng = np.random.default_rng(seed)

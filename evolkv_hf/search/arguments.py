@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..cache.policies import POOLINGS
+from .._validation import POOLINGS, check_positive_int
 
 CONSTRAINTS = ("penalty", "project")
 GROUP_ORDERS = ("bottom_up", "top_down")
@@ -127,19 +127,19 @@ class SearchArguments:
             self.min_budget = self.window_size
         if self.max_budget is None:
             self.max_budget = max(math.ceil(4 * self.target_budget), self.min_budget)
-        _positive_int("group_size", self.group_size)
-        _positive_int("population_size", self.population_size, minimum=2)
-        _positive_int("generations_per_group", self.generations_per_group)
-        _positive_int("window_size", self.window_size)
-        _positive_int("kernel_size", self.kernel_size)
-        _positive_int("eval_batch_size", self.eval_batch_size)
-        _positive_int("min_budget", self.min_budget)
-        _positive_int("max_budget", self.max_budget)
-        _positive_int("logging_steps", self.logging_steps)
+        check_positive_int("group_size", self.group_size)
+        check_positive_int("population_size", self.population_size, minimum=2)
+        check_positive_int("generations_per_group", self.generations_per_group)
+        check_positive_int("window_size", self.window_size)
+        check_positive_int("kernel_size", self.kernel_size)
+        check_positive_int("eval_batch_size", self.eval_batch_size)
+        check_positive_int("min_budget", self.min_budget)
+        check_positive_int("max_budget", self.max_budget)
+        check_positive_int("logging_steps", self.logging_steps)
         if self.max_new_tokens is not None:
-            _positive_int("max_new_tokens", self.max_new_tokens)
+            check_positive_int("max_new_tokens", self.max_new_tokens)
         if self.save_total_limit is not None:
-            _positive_int("save_total_limit", self.save_total_limit)
+            check_positive_int("save_total_limit", self.save_total_limit)
         if not self.target_budget > 0:
             raise ValueError(f"target_budget must be positive, got {self.target_budget}.")
         if self.target_budget < self.min_budget:
@@ -175,8 +175,3 @@ class SearchArguments:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

@@ -6,6 +6,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from .._validation import check_positive_int
+
 
 def sample_rng(task: str, seed: int, index: int, stream: str = "") -> random.Random:
     """A random generator private to one sample of one task.
@@ -18,19 +20,10 @@ def sample_rng(task: str, seed: int, index: int, stream: str = "") -> random.Ran
 
 def check_common_args(context_length: int, num_samples: int, seed: int) -> None:
     """Validate the arguments every generator takes."""
-    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length <= 0:
-        raise ValueError(f"context_length must be a positive int (tokens), got {context_length!r}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_positive_int("context_length", context_length)
+    check_positive_int("num_samples", num_samples)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int ``>= minimum``, else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def resolve_depths(depths: float | Sequence[float] | None, num_samples: int) -> list[float]:

@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .common import check_common_args, check_positive_int, make_row, resolve_depths, sample_rng
+from .._validation import check_positive_int
+from .common import check_common_args, make_row, resolve_depths, sample_rng
 from .length import LENGTH_TOLERANCE, LengthFitError, check_length, count_tokens, fit_largest
 from .sources import essay_words
 from .words import key_vocabulary

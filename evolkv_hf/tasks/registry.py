@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .common import check_positive_int
+from .._validation import check_positive_int
 from .common_words import common_words_extraction
 from .niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
 from .qa import QA_MAX_NEW_TOKENS, hotpotqa, squad

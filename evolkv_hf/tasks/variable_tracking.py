@@ -11,7 +11,8 @@ from __future__ import annotations
 import string
 from typing import TYPE_CHECKING, Any
 
-from .common import check_common_args, check_positive_int, make_row, sample_rng
+from .._validation import check_positive_int
+from .common import check_common_args, make_row, sample_rng
 from .length import LengthFitError, check_length, count_tokens, fit_largest
 
 if TYPE_CHECKING:

@@ -1,0 +1,51 @@
+"""The shared argument checks: one wording and one contract for every public entry point."""
+
+import numpy as np
+import pytest
+
+from evolkv_hf import SearchArguments
+from evolkv_hf._validation import POOLINGS, check_positive_int
+from evolkv_hf.allocation import POOLING_CHOICES
+from evolkv_hf.cache import ScoringOptions
+from evolkv_hf.metrics.stats import bootstrap_ci
+from evolkv_hf.tasks.niah import generate_niah
+
+
+@pytest.mark.parametrize("value", [1, 7, np.int64(3), np.int32(12)])
+def test_accepts_integers_and_returns_int(value):
+    result = check_positive_int("n", value)
+    assert result == int(value)
+    assert type(result) is int
+
+
+@pytest.mark.parametrize("value", [1.0, 2.5, "3", True, None])
+def test_non_integers_are_a_type_error_naming_the_argument(value):
+    with pytest.raises(TypeError, match=r"^window_size must be an integer, got"):
+        check_positive_int("window_size", value)
+
+
+def test_below_minimum_is_a_value_error_naming_the_bound():
+    with pytest.raises(ValueError, match=r"^group_size must be an integer >= 1, got 0\.$"):
+        check_positive_int("group_size", 0)
+    assert check_positive_int("hops", 0, minimum=0) == 0
+    with pytest.raises(ValueError, match=">= 2"):
+        check_positive_int("population_size", 1, minimum=2)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ScoringOptions(window_size=0),
+        lambda: SearchArguments(output_dir="unused", target_budget=64, window_size=0),
+        lambda: bootstrap_ci([1.0, 2.0], n_resamples=0),
+        lambda: generate_niah(None, context_length=0, num_samples=1),
+    ],
+    ids=["cache", "search", "bootstrap", "tasks"],
+)
+def test_every_entry_point_uses_the_shared_wording(build):
+    with pytest.raises(ValueError, match=r"must be an integer >= 1, got 0\.$"):
+        build()
+
+
+def test_allocation_accepts_the_cache_poolings():
+    assert POOLING_CHOICES == POOLINGS
