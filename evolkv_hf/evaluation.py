@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._validation import POOLINGS
+from ._validation import POOLINGS, check_positive_int
 from .allocation import BudgetAllocation
 from .allocation.hub import atomic_write
 from .inference import encode_samples, generate_answers
@@ -403,12 +403,6 @@ def _resolve_budgets(budgets: Any) -> list[int]:
     return checked
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _num_layers(model: Any) -> int:
     config = getattr(model, "config", None)
     if config is None:
@@ -721,11 +715,11 @@ def evaluate_methods(
     needs_budgets = any(method.kind != "full" for method in resolved_methods)
     if needs_budgets and not budget_list:
         raise ValueError("No budget given: pass one or more mean budgets (tokens per layer), e.g. [64, 128].")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    window_size = _check_int("window_size", window_size, 1)
-    kernel_size = _check_int("kernel_size", kernel_size, 1)
-    n_bootstrap = _check_int("n_bootstrap", n_bootstrap, 0)
-    seed = _check_int("seed", seed, 0)
+    batch_size = check_positive_int("batch_size", batch_size, minimum=1)
+    window_size = check_positive_int("window_size", window_size, minimum=1)
+    kernel_size = check_positive_int("kernel_size", kernel_size, minimum=1)
+    n_bootstrap = check_positive_int("n_bootstrap", n_bootstrap, minimum=0)
+    seed = check_positive_int("seed", seed, minimum=0)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
     if mode is not None and mode not in ("query_aware", "query_agnostic"):
