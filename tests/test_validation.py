@@ -49,3 +49,21 @@ def test_every_entry_point_uses_the_shared_wording(build):
 
 def test_allocation_accepts_the_cache_poolings():
     assert POOLING_CHOICES == POOLINGS
+
+
+def test_numpy_integers_are_stored_as_plain_ints():
+    """Regression: accepted numpy integers must not reach the JSON checkpoint or allocation provenance."""
+    import json
+
+    args = SearchArguments(
+        output_dir="unused",
+        target_budget=64,
+        group_size=np.int64(4),
+        window_size=np.int32(8),
+        kernel_size=np.int64(3),
+    )
+    assert type(args.group_size) is int and type(args.window_size) is int and type(args.kernel_size) is int
+    json.dumps(args.to_dict())
+    options = ScoringOptions(window_size=np.int64(16), kernel_size=np.int64(5), num_sink_tokens=np.int64(0))
+    assert type(options.window_size) is int and type(options.kernel_size) is int
+    assert type(options.num_sink_tokens) is int

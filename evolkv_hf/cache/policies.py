@@ -60,9 +60,12 @@ class ScoringOptions:
             raise ValueError(
                 f"gqa_aggregation must be one of {GQA_AGGREGATIONS}, got {self.gqa_aggregation!r}."
             )
-        check_positive_int("window_size", self.window_size)
-        check_positive_int("kernel_size", self.kernel_size)
-        check_positive_int("num_sink_tokens", self.num_sink_tokens, minimum=0)
+        # Frozen: store plain ints (numpy integers are accepted) through object.__setattr__.
+        object.__setattr__(self, "window_size", check_positive_int("window_size", self.window_size))
+        object.__setattr__(self, "kernel_size", check_positive_int("kernel_size", self.kernel_size))
+        object.__setattr__(
+            self, "num_sink_tokens", check_positive_int("num_sink_tokens", self.num_sink_tokens, minimum=0)
+        )
 
     @property
     def needs_queries(self) -> bool:

@@ -127,19 +127,22 @@ class SearchArguments:
             self.min_budget = self.window_size
         if self.max_budget is None:
             self.max_budget = max(math.ceil(4 * self.target_budget), self.min_budget)
-        check_positive_int("group_size", self.group_size)
-        check_positive_int("population_size", self.population_size, minimum=2)
-        check_positive_int("generations_per_group", self.generations_per_group)
-        check_positive_int("window_size", self.window_size)
-        check_positive_int("kernel_size", self.kernel_size)
-        check_positive_int("eval_batch_size", self.eval_batch_size)
-        check_positive_int("min_budget", self.min_budget)
-        check_positive_int("max_budget", self.max_budget)
-        check_positive_int("logging_steps", self.logging_steps)
-        if self.max_new_tokens is not None:
-            check_positive_int("max_new_tokens", self.max_new_tokens)
-        if self.save_total_limit is not None:
-            check_positive_int("save_total_limit", self.save_total_limit)
+        # Stored back as plain ints (numpy integers are accepted) so that checkpoints serialise them as JSON.
+        for name in (
+            "group_size",
+            "generations_per_group",
+            "window_size",
+            "kernel_size",
+            "eval_batch_size",
+            "min_budget",
+            "max_budget",
+            "logging_steps",
+        ):
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
+        self.population_size = check_positive_int("population_size", self.population_size, minimum=2)
+        for name in ("max_new_tokens", "save_total_limit"):
+            if getattr(self, name) is not None:
+                setattr(self, name, check_positive_int(name, getattr(self, name)))
         if not self.target_budget > 0:
             raise ValueError(f"target_budget must be positive, got {self.target_budget}.")
         if self.target_budget < self.min_budget:
