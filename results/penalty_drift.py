@@ -22,13 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from reproduce import (  # results/reproduce.py, beside this script
+    add_protocol_arguments,
+    search_name,
+    split_samples,
+)
 
 from evolkv_hf import BudgetAllocation
 from evolkv_hf.demo import load_demo_model
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import per_sample_scores
 from evolkv_hf.search import CacheOptions, PrefillOnceEngine
-from evolkv_hf.tasks import TASKS, load_task
+from evolkv_hf.tasks import TASKS
 
 ROOT = Path(__file__).parent
 
@@ -37,18 +42,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--task", default="vt")
-    parser.add_argument("--context-length", type=int, default=2048)
-    parser.add_argument("--search-samples", type=int, default=30)
-    parser.add_argument(
-        "--eval-samples", type=int, default=200, help="as given to reproduce.py (same samples)"
-    )
-    parser.add_argument("--target-budget", type=int, default=128)
-    parser.add_argument("--generations", type=int, default=15)
-    parser.add_argument("--seeds", default="0,1")
+    add_protocol_arguments(parser, task="vt")  # as given to reproduce.py: the same searches and samples
     parser.add_argument("--top", type=int, default=10, help="distinct best candidates to rescore per seed")
     parser.add_argument("--batch-size", type=int, default=25)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.constraint = "penalty"  # the drift this script measures is the penalty's
+    return args
 
 
 def top_candidates(log: Path, top: int) -> list[dict[str, Any]]:
@@ -74,11 +73,7 @@ def main() -> None:
     args = parse_args()
     model, tokenizer = load_demo_model(dtype=torch.bfloat16)
     layers = model.config.num_hidden_layers
-    # The same search samples as reproduce.py: the first --search-samples of the same generated set.
-    total = args.search_samples + args.eval_samples
-    data = load_task(args.task, tokenizer, args.context_length, total, seed=0).select(
-        range(args.search_samples)
-    )
+    data, _ = split_samples(args, tokenizer)  # the samples reproduce.py searched on
     references = [list(a) for a in data["answers"]]
     metric = TASKS[args.task].partial_credit_metric
     engine = PrefillOnceEngine(
@@ -88,14 +83,13 @@ def main() -> None:
     def score(budgets: list[int]) -> float:
         return statistics.mean(per_sample_scores(metric, engine.answers(budgets), references))
 
-    run = f"{args.task}__c{args.target_budget}__penalty__g{args.generations}"
     result: dict[str, Any] = {"uniform_at_target": score([args.target_budget] * layers), "seeds": {}}
     print(f"uniform at {args.target_budget}: {result['uniform_at_target']:.2f}")
     print("seed rank fitness score_as_found mean_as_found score_at_target")
     for seed in args.seeds.split(","):
         rows = []
         for rank, row in enumerate(
-            top_candidates(ROOT / "runs" / f"{run}__seed{seed}" / "search_log.jsonl", args.top)
+            top_candidates(ROOT / "runs" / search_name(args, int(seed)) / "search_log.jsonl", args.top)
         ):
             at_target = BudgetAllocation(budgets=list(row["budgets"]), num_layers=layers).rescale(
                 args.target_budget

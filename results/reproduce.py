@@ -47,11 +47,9 @@ ROOT = Path(__file__).parent
 HEURISTICS = ("uniform", "pyramid", "streaming")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--task", default="niah_single")
+def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah_single") -> None:
+    """The settings that name a search and define its samples (shared with ``penalty_drift.py``)."""
+    parser.add_argument("--task", default=task)
     parser.add_argument("--context-length", type=int, default=2048)
     parser.add_argument("--search-samples", type=int, default=30)
     parser.add_argument("--eval-samples", type=int, default=200)
@@ -60,6 +58,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--generations", type=int, default=15, help="CMA-ES generations per group (the paper: 15)"
     )
+
+
+def search_name(args: argparse.Namespace, seed: int) -> str:
+    """The directory name of one seed's search under ``allocations/`` and ``runs/``."""
+    return f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}__seed{seed}"
+
+
+def split_samples(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
+    """The search set (the first ``--search-samples``) and the held-out set (the next ``--eval-samples``)."""
+    total = args.search_samples + args.eval_samples
+    data = load_task(args.task, tokenizer, args.context_length, total, seed=0)
+    return data.select(range(args.search_samples)), data.select(range(args.search_samples, total))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_protocol_arguments(parser)
     parser.add_argument("--population", type=int, default=10)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--constraint", default="penalty", choices=["penalty", "project"])
@@ -73,7 +90,7 @@ def parse_args() -> argparse.Namespace:
 def search(
     args: argparse.Namespace, model: Any, tokenizer: Any, train: Any, seed: int
 ) -> tuple[BudgetAllocation, float]:
-    name = f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}__seed{seed}"
+    name = search_name(args, seed)
     directory = ROOT / "allocations" / name
     if (directory / "allocation.json").is_file():
         allocation = BudgetAllocation.from_pretrained(directory)
@@ -165,10 +182,7 @@ def main() -> None:
     args = parse_args()
     model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype))
     layers = model.config.num_hidden_layers
-    total = args.search_samples + args.eval_samples
-    data = load_task(args.task, tokenizer, args.context_length, total, seed=0)
-    train = data.select(range(args.search_samples))
-    held_out = data.select(range(args.search_samples, total))
+    train, held_out = split_samples(args, tokenizer)
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
 
