@@ -67,3 +67,49 @@ def test_numpy_integers_are_stored_as_plain_ints():
     options = ScoringOptions(window_size=np.int64(16), kernel_size=np.int64(5), num_sink_tokens=np.int64(0))
     assert type(options.window_size) is int and type(options.kernel_size) is int
     assert type(options.num_sink_tokens) is int
+
+
+@pytest.mark.parametrize(
+    "keyword, value, error, message",
+    [
+        ("group_size", "8", TypeError, r"^group_size must be an integer, got str '8'\.$"),
+        ("window_size", None, TypeError, r"^window_size must be an integer, got NoneType None\.$"),
+        ("target_budget", "128", TypeError, r"^target_budget must be a number, got str '128'\.$"),
+        ("target_budget", None, TypeError, r"^target_budget must be a number"),
+        ("target_budget", True, TypeError, r"^target_budget must be a number, got bool"),
+        ("target_budget", float("nan"), ValueError, r"^target_budget must be a finite number > 0, got nan\.$"),
+        ("target_budget", float("inf"), ValueError, r"^target_budget must be a finite number > 0, got inf\.$"),
+        ("sigma0", "0.3", TypeError, r"^sigma0 must be a number"),
+        ("sigma0", 0, ValueError, r"^sigma0 must be a finite number > 0, got 0\.$"),
+        ("cache_score_lambda", -0.1, ValueError, r"^cache_score_lambda must be a finite number >= 0"),
+        ("engine_max_storage_gb", "8", TypeError, r"^engine_max_storage_gb must be a number"),
+        ("seed", -1, ValueError, r"^seed must be an integer >= 0, got -1\.$"),
+        ("seed", 1.5, TypeError, r"^seed must be an integer"),
+        ("population_size", "10", TypeError, r"^population_size must be an integer"),
+        ("max_budget", 2.5, TypeError, r"^max_budget must be an integer"),
+    ],
+)
+def test_search_arguments_name_the_wrong_argument_before_deriving_defaults(keyword, value, error, message):
+    """Regression: wrong types used to surface as arithmetic errors inside the defaults derived from them
+    ("'>' not supported between instances of 'int' and 'str'", "cannot convert float NaN to integer")."""
+    with pytest.raises(error, match=message):
+        SearchArguments(output_dir="unused", **{keyword: value})
+
+
+def test_search_arguments_keep_numbers_json_plain():
+    import json
+
+    args = SearchArguments(output_dir="unused", target_budget=np.float64(96.0), sigma0=np.float32(0.5), seed=np.int64(3))
+    assert type(args.target_budget) is float and type(args.sigma0) is float and type(args.seed) is int
+    assert args.max_budget == 384 and args.cache_score_lambda == SearchArguments(output_dir="unused").cache_score_lambda
+    json.dumps(args.to_dict())
+    assert SearchArguments(output_dir="unused", target_budget=128).target_budget == 128
+    assert type(SearchArguments(output_dir="unused", target_budget=128).target_budget) is int
+
+
+@pytest.mark.parametrize("value", [0.5, 3, np.float64(2.0)])
+def test_check_positive_number_accepts_finite_positive_numbers(value):
+    from evolkv_hf._validation import check_positive_number
+
+    assert check_positive_number("x", value) == value
+    assert check_positive_number("x", 0, allow_zero=True) == 0

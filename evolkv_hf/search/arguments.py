@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .._validation import POOLINGS, check_positive_int
+from .._validation import POOLINGS, check_positive_int, check_positive_number
 
 CONSTRAINTS = ("penalty", "project")
 GROUP_ORDERS = ("bottom_up", "top_down")
@@ -121,30 +121,30 @@ class SearchArguments:
             raise ValueError("output_dir must be a non-empty path.")
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to in ("none", "") else [self.report_to]
+        # Check what the user gave before deriving defaults from it, so that a wrong type is reported by name
+        # (not as an arithmetic error inside a default). Stored back as plain numbers (numpy ones are accepted)
+        # so that checkpoints serialise them as JSON.
+        for name in ("group_size", "generations_per_group", "window_size", "kernel_size", "eval_batch_size"):
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
+        self.logging_steps = check_positive_int("logging_steps", self.logging_steps)
+        self.seed = check_positive_int("seed", self.seed, minimum=0)
+        for name in ("population_size", "min_budget", "max_budget", "max_new_tokens", "save_total_limit"):
+            if getattr(self, name) is not None:
+                minimum = 2 if name == "population_size" else 1
+                setattr(self, name, check_positive_int(name, getattr(self, name), minimum=minimum))
+        self.target_budget = check_positive_number("target_budget", self.target_budget)
+        self.sigma0 = check_positive_number("sigma0", self.sigma0)
+        self.cache_score_lambda = check_positive_number("cache_score_lambda", self.cache_score_lambda, allow_zero=True)
+        self.cache_score_gamma = check_positive_number("cache_score_gamma", self.cache_score_gamma, allow_zero=True)
+        self.engine_max_storage_gb = check_positive_number(
+            "engine_max_storage_gb", self.engine_max_storage_gb, allow_zero=True
+        )
         if self.population_size is None:
             self.population_size = default_population_size(self.group_size)
         if self.min_budget is None:
             self.min_budget = self.window_size
         if self.max_budget is None:
             self.max_budget = max(math.ceil(4 * self.target_budget), self.min_budget)
-        # Stored back as plain ints (numpy integers are accepted) so that checkpoints serialise them as JSON.
-        for name in (
-            "group_size",
-            "generations_per_group",
-            "window_size",
-            "kernel_size",
-            "eval_batch_size",
-            "min_budget",
-            "max_budget",
-            "logging_steps",
-        ):
-            setattr(self, name, check_positive_int(name, getattr(self, name)))
-        self.population_size = check_positive_int("population_size", self.population_size, minimum=2)
-        for name in ("max_new_tokens", "save_total_limit"):
-            if getattr(self, name) is not None:
-                setattr(self, name, check_positive_int(name, getattr(self, name)))
-        if not self.target_budget > 0:
-            raise ValueError(f"target_budget must be positive, got {self.target_budget}.")
         if self.target_budget < self.min_budget:
             raise ValueError(
                 f"target_budget ({self.target_budget}) is below the per-layer floor min_budget ({self.min_budget}, "
@@ -155,10 +155,6 @@ class SearchArguments:
             raise ValueError(
                 f"max_budget ({self.max_budget}) must be at least target_budget ({self.target_budget})."
             )
-        if not self.sigma0 > 0:
-            raise ValueError(f"sigma0 must be positive, got {self.sigma0}.")
-        if self.cache_score_lambda < 0 or self.cache_score_gamma < 0:
-            raise ValueError("cache_score_lambda and cache_score_gamma must be non-negative.")
         for name, value, choices in (
             ("constraint", self.constraint, CONSTRAINTS),
             ("group_order", self.group_order, GROUP_ORDERS),
