@@ -77,8 +77,18 @@ def test_numpy_integers_are_stored_as_plain_ints():
         ("target_budget", "128", TypeError, r"^target_budget must be a number, got str '128'\.$"),
         ("target_budget", None, TypeError, r"^target_budget must be a number"),
         ("target_budget", True, TypeError, r"^target_budget must be a number, got bool"),
-        ("target_budget", float("nan"), ValueError, r"^target_budget must be a finite number > 0, got nan\.$"),
-        ("target_budget", float("inf"), ValueError, r"^target_budget must be a finite number > 0, got inf\.$"),
+        (
+            "target_budget",
+            float("nan"),
+            ValueError,
+            r"^target_budget must be a finite number > 0, got nan\.$",
+        ),
+        (
+            "target_budget",
+            float("inf"),
+            ValueError,
+            r"^target_budget must be a finite number > 0, got inf\.$",
+        ),
         ("sigma0", "0.3", TypeError, r"^sigma0 must be a number"),
         ("sigma0", 0, ValueError, r"^sigma0 must be a finite number > 0, got 0\.$"),
         ("cache_score_lambda", -0.1, ValueError, r"^cache_score_lambda must be a finite number >= 0"),
@@ -99,9 +109,14 @@ def test_search_arguments_name_the_wrong_argument_before_deriving_defaults(keywo
 def test_search_arguments_keep_numbers_json_plain():
     import json
 
-    args = SearchArguments(output_dir="unused", target_budget=np.float64(96.0), sigma0=np.float32(0.5), seed=np.int64(3))
+    args = SearchArguments(
+        output_dir="unused", target_budget=np.float64(96.0), sigma0=np.float32(0.5), seed=np.int64(3)
+    )
     assert type(args.target_budget) is float and type(args.sigma0) is float and type(args.seed) is int
-    assert args.max_budget == 384 and args.cache_score_lambda == SearchArguments(output_dir="unused").cache_score_lambda
+    assert (
+        args.max_budget == 384
+        and args.cache_score_lambda == SearchArguments(output_dir="unused").cache_score_lambda
+    )
     json.dumps(args.to_dict())
     assert SearchArguments(output_dir="unused", target_budget=128).target_budget == 128
     assert type(SearchArguments(output_dir="unused", target_budget=128).target_budget) is int

@@ -134,8 +134,12 @@ class SearchArguments:
                 setattr(self, name, check_positive_int(name, getattr(self, name), minimum=minimum))
         self.target_budget = check_positive_number("target_budget", self.target_budget)
         self.sigma0 = check_positive_number("sigma0", self.sigma0)
-        self.cache_score_lambda = check_positive_number("cache_score_lambda", self.cache_score_lambda, allow_zero=True)
-        self.cache_score_gamma = check_positive_number("cache_score_gamma", self.cache_score_gamma, allow_zero=True)
+        self.cache_score_lambda = check_positive_number(
+            "cache_score_lambda", self.cache_score_lambda, allow_zero=True
+        )
+        self.cache_score_gamma = check_positive_number(
+            "cache_score_gamma", self.cache_score_gamma, allow_zero=True
+        )
         self.engine_max_storage_gb = check_positive_number(
             "engine_max_storage_gb", self.engine_max_storage_gb, allow_zero=True
         )
