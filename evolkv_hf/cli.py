@@ -574,8 +574,18 @@ def _search_field_type(field: Any) -> Any:
     if "float" in text:
         return float
     if "int" in text:
-        return int
+        return _parse_optional_int if "None" in text else int
     return str
+
+
+def _parse_optional_int(value: str) -> int | None:
+    """An ``int | None`` search setting: ``none`` (any case) gives ``None``, e.g. ``--save-total-limit none``."""
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {value!r}") from None
 
 
 def _parse_bool(value: str) -> bool:
@@ -612,9 +622,15 @@ def add_search_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     )
     data.add_argument("--eval-dataset", metavar="PATH", help="held-out samples for the final comparison")
     data.add_argument("--context-length", type=_positive_int, default=2048, help="(default: 2048)")
-    data.add_argument("--num-samples", type=_positive_int, default=30, help="search samples (default: 30)")
     data.add_argument(
-        "--eval-samples", type=_non_negative_int, default=0, help="held-out samples generated with --task"
+        "--num-samples",
+        type=_positive_int,
+        help="search samples (default: 30 for --task; all rows of --dataset, else its first N)",
+    )
+    data.add_argument(
+        "--eval-samples",
+        type=_non_negative_int,
+        help="held-out samples generated with --task (default: 0; with --dataset use --eval-dataset)",
     )
     data.add_argument(
         "--mode",
@@ -689,6 +705,11 @@ def run_search(args: argparse.Namespace) -> int:
     )
     if "output_dir" not in settings:
         raise CommandError("--output-dir is required (or output_dir in --config).")
+    if args.dataset is not None and args.eval_samples is not None:
+        raise CommandError(
+            "--eval-samples generates held-out samples for --task; with --dataset pass the held-out samples as "
+            "--eval-dataset PATH."
+        )
     try:
         search_args = SearchArguments(**settings)
     except (TypeError, ValueError) as err:
@@ -699,7 +720,9 @@ def run_search(args: argparse.Namespace) -> int:
     if args.task is not None:
         from .tasks import load_task
 
-        total = args.num_samples + args.eval_samples
+        num_samples = args.num_samples or 30
+        eval_samples = args.eval_samples or 0
+        total = num_samples + eval_samples
         generated = load_task(
             args.task,
             tokenizer,
@@ -708,12 +731,15 @@ def run_search(args: argparse.Namespace) -> int:
             seed=search_args.seed,
             mode=args.mode or "query_aware",
         )
-        train = generated.select(range(args.num_samples))
-        if args.eval_samples:
-            held_out = generated.select(range(args.num_samples, total))
-    elif args.mode is not None:  # --mode overrides the datasets' own `mode` column
-        train = _with_mode(train, args.mode)
-        held_out = _with_mode(held_out, args.mode) if held_out is not None else None
+        train = generated.select(range(num_samples))
+        if eval_samples:
+            held_out = generated.select(range(num_samples, total))
+    elif train is not None:  # --dataset (argparse requires --task or --dataset)
+        if args.num_samples is not None:
+            train = train.select(range(min(args.num_samples, len(train))))
+        if args.mode is not None:  # --mode overrides the datasets' own `mode` column
+            train = _with_mode(train, args.mode)
+            held_out = _with_mode(held_out, args.mode) if held_out is not None else None
     searcher = BudgetSearcher(
         model, search_args, train, eval_dataset=held_out, processing_class=tokenizer, metric=args.metric
     )

@@ -818,16 +818,31 @@ def evaluate_methods(
                 rows.append(_row_from_metrics(run, metrics, run_dir, reused=True))
                 runs_bar.update(1)
                 continue
+            label = f"{run.method.label} @ {run.budget_label}"
+
+            def keep_answers(
+                predictions: list[str], run_dir: Path | None = run_dir, label: str = label
+            ) -> None:
+                if run_dir is None:
+                    return
+                # Without config.json the run stays unfinished (redone next time); the answers stay inspectable.
+                _write_predictions(run_dir, samples, predictions, references, None)
+                warnings.warn(
+                    f"Scoring run {label} failed; its answers are saved in {run_dir / PREDICTIONS_FILE}.",
+                    stacklevel=4,
+                )
+
             predictions, scores, metrics = _execute_run(
                 model,
                 tokenizer,
                 encoded,
                 references,
                 _cache_factory(model, run, cache_options),
-                label=f"{run.method.label} @ {run.budget_label}",
+                label=label,
                 batch_size=batch_size,
                 scorer=scorer,
                 progress=progress,
+                on_scoring_error=keep_answers,
             )
             metrics["prompt_tokens_mean"] = prompt_tokens_mean
             if run_dir is not None:
@@ -873,6 +888,15 @@ class _Scorer:
         from .metrics import bootstrap_ci, compute_metric, per_sample_scores
 
         scores = [float(s) for s in per_sample_scores(self.metric, predictions, references, key=self.key)]
+        bad = [position for position, score in enumerate(scores) if not math.isfinite(score)]
+        if bad:
+            first = bad[0]
+            raise ValueError(
+                f"the metric {self.name!r} gave {len(bad)} non-finite per-sample score(s) (NaN or inf) at sample "
+                f"position(s) {bad[:10]}{' ...' if len(bad) > 10 else ''}, e.g. {scores[first]} for prediction "
+                f"{predictions[first]!r} against {references[first]!r}; the mean and its bootstrap interval need "
+                "finite scores. Fix the metric (or the references) for such answers."
+            )
         low: float | None = None
         high: float | None = None
         if self.n_bootstrap > 0:
@@ -903,8 +927,11 @@ def _execute_run(
     batch_size: int,
     scorer: _Scorer,
     progress: bool,
+    on_scoring_error: Callable[[list[str]], None] | None = None,
 ) -> tuple[list[str], list[float], dict[str, Any]]:
-    """Generate and score one run; measures time and the K/V memory each batch's cache ends with."""
+    """Generate and score one run; measures time and the K/V memory each batch's cache ends with.
+
+    ``on_scoring_error`` receives the answers when scoring them raises (before the error propagates)."""
     from tqdm.auto import tqdm
 
     memory: list[tuple[int, int]] = []  # (bytes held by a batch's cache, rows in the batch)
@@ -929,7 +956,12 @@ def _execute_run(
         )
     finally:
         bar.close()
-    scores, metrics = scorer(predictions, references)
+    try:
+        scores, metrics = scorer(predictions, references)
+    except Exception:
+        if on_scoring_error is not None:
+            on_scoring_error(predictions)
+        raise
     rows = sum(count for _, count in memory)
     metrics["elapsed_s"] = round(time.perf_counter() - start, 3)
     metrics["kv_memory_bytes_mean"] = sum(size for size, _ in memory) / rows if rows else None
@@ -946,8 +978,23 @@ def _write_run(
     config: Mapping[str, Any],
 ) -> None:
     """Write the three files of a run atomically, ``config.json`` last (its presence marks a finished run)."""
+    _write_predictions(run_dir, samples, predictions, references, scores)
+    _write_json(run_dir / METRICS_FILE, metrics)
+    _write_json(run_dir / CONFIG_FILE, config)
+
+
+def _write_predictions(
+    run_dir: Path,
+    samples: Sequence[Mapping[str, Any]],
+    predictions: Sequence[str],
+    references: Sequence[list[str]],
+    scores: Sequence[float] | None,
+) -> None:
+    """Write ``predictions.jsonl`` (``score`` is null when the answers could not be scored), after removing
+    ``config.json`` so that the run directory reads as unfinished until the run is complete."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+    per_sample = list(scores) if scores is not None else [None] * len(predictions)
     lines = [
         json.dumps(
             {
@@ -960,12 +1007,10 @@ def _write_run(
             default=str,
         )
         for position, (sample, prediction, answers, score) in enumerate(
-            zip(samples, predictions, references, scores, strict=True)
+            zip(samples, predictions, references, per_sample, strict=True)
         )
     ]
     atomic_write(run_dir / PREDICTIONS_FILE, ("\n".join(lines) + "\n").encode("utf-8"))
-    _write_json(run_dir / METRICS_FILE, metrics)
-    _write_json(run_dir / CONFIG_FILE, config)
 
 
 def _jsonable(value: Any) -> Any:

@@ -214,3 +214,27 @@ def test_search_end_to_end_with_config_and_resume(
     bad.write_text('{"target_budget": 16, "no_such_field": 1}')
     assert main([*argv[:-4], "--config", str(bad), "--output-dir", str(tmp_path / "x")]) == 1
     assert "no_such_field" in capsys.readouterr().err
+
+
+def test_search_num_samples_applies_to_a_dataset_and_optional_ints_take_none(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: with --dataset, --num-samples was silently ignored (every row was searched), --eval-samples
+    did nothing, and `int | None` settings could not be set back to None from the command line."""
+    import datasets
+
+    data = tmp_path / "data.jsonl"
+    datasets.Dataset.from_list(tiny_rows(4)).to_json(data)
+    out = tmp_path / "run"
+    argv = [
+        "search", "--model", str(tiny_checkpoint), "--dataset", str(data), "--metric", "edit_sim",
+        "--target-budget", "16", "--group-size", "3", "--population-size", "2", "--generations-per-group", "1",
+        "--window-size", "8", "--output-dir", str(out), "--disable-tqdm", "true",
+    ]  # fmt: skip
+    assert main([*argv, "--num-samples", "2", "--save-total-limit", "none"]) == 0
+    assert BudgetAllocation.from_pretrained(out / "allocation").search_num_samples == 2
+    capsys.readouterr()
+    assert main([*argv[:-4], "--output-dir", str(tmp_path / "x"), "--eval-samples", "2"]) == 1
+    assert "--eval-dataset" in capsys.readouterr().err
+    assert main([*argv, "--save-total-limit", "few"]) == 2
+    assert "integer or 'none'" in capsys.readouterr().err

@@ -382,3 +382,95 @@ def test_hf_argument_parser_and_numpy_state_untouched(tmp_path):
     np.random.seed(123)
     make_searcher(tmp_path).search()
     assert np.random.rand() == expected
+
+
+class TestFailureModes:
+    """Regressions found by review: each used to lose work or fail without saying why."""
+
+    def test_a_metric_that_returns_nan_for_the_baseline_is_an_error(self, tmp_path):
+        searcher = BudgetSearcher(
+            tiny_model("llama", num_layers=3),
+            small_args(tmp_path),
+            dataset(),
+            processing_class=tiny_tokenizer(),
+            metric=lambda predictions, references: {"m": float("nan")},
+        )
+        # Used to search on, rank every candidate -inf and save the untouched uniform allocation.
+        with pytest.raises(RuntimeError, match=r"NaN .*uniform baseline"):
+            searcher.search()
+        assert not (tmp_path / "run" / "allocation").exists()
+
+    def test_the_allocation_is_saved_before_the_held_out_comparison(self, tmp_path):
+        def fails_on_held_out(predictions, references):
+            if len(predictions) == 2:  # the held-out set has 2 samples, the search set 3
+                raise MemoryError("held-out prompts too long")
+            return digit_overlap(predictions, references)
+
+        searcher = BudgetSearcher(
+            tiny_model("llama", num_layers=3),
+            small_args(tmp_path),
+            dataset(),
+            eval_dataset=dataset(2),
+            processing_class=tiny_tokenizer(),
+            metric=fails_on_held_out,
+        )
+        with pytest.raises(MemoryError):
+            searcher.search()
+        saved = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
+        assert saved.total == 12 * 3 and "search_completed_score" in saved.scores
+        assert not any(name.startswith("eval_") for name in saved.scores)
+
+    def test_held_out_scores_are_added_to_the_saved_allocation(self, tmp_path):
+        searcher = BudgetSearcher(
+            tiny_model("llama", num_layers=3),
+            small_args(tmp_path),
+            dataset(),
+            eval_dataset=dataset(2),
+            processing_class=tiny_tokenizer(),
+            metric=digit_overlap,
+        )
+        searcher.search()
+        saved = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
+        assert {"eval_evolkv", "eval_uniform", "eval_pyramid"} <= set(saved.scores)
+
+    def test_a_stop_requested_by_a_callback_does_not_end_the_next_call(self, tmp_path):
+        class StopOnce(SearchCallback):
+            active = True
+
+            def on_generation_end(self, args, state, control, **kwargs):
+                if self.active:
+                    control.should_search_stop = True
+
+        stopper = StopOnce()
+        searcher = make_searcher(tmp_path, callbacks=[stopper])
+        searcher.search()
+        assert searcher.state.global_generation == 1
+        stopper.active = False
+        searcher.search(resume_from_checkpoint=True)
+        assert searcher.state.global_generation == 2 * 2  # groups x generations: the search went on
+
+    @pytest.mark.parametrize("empty", [[], "dataset"])
+    def test_an_empty_dataset_is_named(self, tmp_path, empty):
+        from datasets import Dataset
+
+        data = [] if empty == [] else Dataset.from_list(dataset()).select([])
+        with pytest.raises(ValueError, match="train_dataset is empty"):
+            BudgetSearcher(
+                tiny_model("llama", num_layers=3),
+                small_args(tmp_path),
+                data,
+                processing_class=tiny_tokenizer(),
+                metric=digit_overlap,
+            )
+
+
+@pytest.mark.parametrize("score", [-3.0, -0.5, 0.0, 0.5, 40.0])
+@pytest.mark.parametrize("greater_is_better", [True, False])
+def test_holding_the_target_never_lowers_the_fitness(score, greater_is_better):
+    """Regression: for a negative score, F = f * (1 + lambda CacheScore) rewarded overshooting the target."""
+    at_target = combined_fitness(score, [128, 128], 128, greater_is_better=greater_is_better)
+    over = combined_fitness(score, [192, 192], 128, greater_is_better=greater_is_better)
+    far_over = combined_fitness(score, [256, 256], 128, greater_is_better=greater_is_better)
+    assert at_target >= over >= far_over
+    if score != 0.0:
+        assert at_target > far_over

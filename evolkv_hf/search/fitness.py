@@ -32,12 +32,20 @@ def combined_fitness(
     gamma: float = 0.2,
     greater_is_better: bool = True,
 ) -> float:
-    """``F = f * (1 + lambda * CacheScore)`` for a score where larger is better.
+    """``F = f * (1 + lambda * CacheScore)`` for a score where larger is better (the paper's fitness).
 
-    For a metric where smaller is better (a loss ``m >= 0``), ``F = -m / (1 + lambda * CacheScore)`` so that
-    a larger ``F`` is still better and a better CacheScore still helps. A NaN score gives ``-inf``.
+    The factor must always help a scheme that holds the target better, whatever the sign of the score, so a
+    negative score is divided by it instead (``F = f / (1 + lambda * CacheScore)``, closer to 0 is better):
+    multiplying would reward overshooting the target. For a metric where smaller is better (a loss ``m``), the
+    same rule applies to ``-m``. A NaN score gives ``-inf``.
+
+    Example
+    -------
+    >>> combined_fitness(50.0, [128, 128], 128), combined_fitness(-1.0, [128, 128], 128)
+    (65.0, -0.7692307692307692)
     """
     if math.isnan(score):
         return -math.inf
     factor = 1.0 + lam * cache_score(budgets, target, gamma)
-    return score * factor if greater_is_better else -score / factor
+    signed = score if greater_is_better else -score
+    return signed * factor if signed >= 0 else signed / factor

@@ -307,6 +307,8 @@ class BudgetSearcher:
                 f"output_dir {output_dir} is a file, not a directory: choose another output_dir (checkpoints, the "
                 "log and the allocation are written into it)."
             )
+        # A stop requested by a callback during an earlier call must not end this one at once (as in Trainer).
+        self.control = SearchControl()
         groups = self._groups()
         uniform = [round(args.target_budget)] * self.num_layers
         uniform = [min(max(b, args.min_budget or 1), args.max_budget or b) for b in uniform]
@@ -332,6 +334,12 @@ class BudgetSearcher:
                 raise RuntimeError(
                     f"The uniform baseline scheme could not be evaluated ({baseline['error']}); fix the model, the "
                     "data or the metric before searching."
+                )
+            if math.isnan(baseline["score"]):
+                raise RuntimeError(
+                    f"The metric returned NaN ({self.metric_key!r}) for the uniform baseline scheme, so no candidate "
+                    "could be ranked; check that the metric returns a number for these predictions and references "
+                    "(e.g. that the references are not empty)."
                 )
             self._update_best(baseline)
             self._log({"event": "baseline", **baseline})
@@ -457,15 +465,20 @@ class BudgetSearcher:
         )
         if self.is_main_process:
             scores = {"search_best_score": self.state.best_score, "search_completed_score": completed_score}
+            self._save_scores(self._result, scores)
             if self.eval_dataset is not None:
+                # Saved first: a failing held-out comparison (memory, metric) must not lose the search's result.
                 held_out = self.evaluate()
                 scores.update({f"eval_{name}": value for name, value in held_out.items()})
-            finite = {name: value for name, value in scores.items() if math.isfinite(value)}
-            self._result.allocation = dataclasses.replace(self._result.allocation, scores=finite)
-            self.save_allocation(Path(args.output_dir) / ALLOCATION_DIR, overwrite=True)
+                self._save_scores(self._result, scores)
             if args.push_to_hub and args.hub_model_id:
                 self.push_to_hub(args.hub_model_id)
         return self._result
+
+    def _save_scores(self, result: SearchResult, scores: dict[str, float]) -> None:
+        finite = {name: value for name, value in scores.items() if math.isfinite(value)}
+        result.allocation = dataclasses.replace(result.allocation, scores=finite)
+        self.save_allocation(Path(self.args.output_dir) / ALLOCATION_DIR, overwrite=True)
 
     def _with_provenance(self, budgets: list[int], score: float) -> BudgetAllocation:
         args = self.args
@@ -482,7 +495,7 @@ class BudgetSearcher:
             base_model=model_name(self.model),
             task=task,
             metric_name=self.metric_key,
-            metric_value=None if math.isnan(score) else float(score),
+            metric_value=float(score) if math.isfinite(score) else None,
             search_group_size=args.group_size,
             search_population_size=args.population_size,
             search_generations=args.generations_per_group,
@@ -654,6 +667,12 @@ def _validated(dataset: Any, name: str) -> Any:
 
     if dataset is None:
         raise ValueError(f"{name} is required.")
+    try:
+        empty = len(dataset) == 0
+    except TypeError:
+        empty = False
+    if empty:
+        raise ValueError(f"{name} is empty: it needs at least one sample.")
     if isinstance(dataset, list):
         from datasets import Dataset
 
