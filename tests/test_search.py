@@ -449,6 +449,32 @@ class TestFailureModes:
         searcher.search(resume_from_checkpoint=True)
         assert searcher.state.global_generation == 2 * 2  # groups x generations: the search went on
 
+    def test_resuming_with_other_search_samples_is_refused(self, tmp_path):
+        make_searcher(tmp_path, generations_per_group=1).search()
+        other = BudgetSearcher(
+            tiny_model("llama", num_layers=3),
+            small_args(tmp_path, generations_per_group=1),
+            dataset(4),
+            processing_class=tiny_tokenizer(),
+            metric=digit_overlap,
+        )
+        # Used to resume silently, reusing the scores cached for the first samples.
+        with pytest.raises(ValueError, match="other search samples"):
+            other.search(resume_from_checkpoint=True)
+        make_searcher(tmp_path, generations_per_group=1).search(resume_from_checkpoint=True)
+
+    def test_an_infinite_completed_score_does_not_fail_the_allocation(self, tmp_path):
+        searcher = BudgetSearcher(
+            tiny_model("llama", num_layers=3),
+            small_args(tmp_path, generations_per_group=1),
+            dataset(),
+            processing_class=tiny_tokenizer(),
+            metric=lambda predictions, references: {"m": math.inf},
+        )
+        result = searcher.search()
+        assert result.allocation.metric_value is None
+        assert BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation").total == 12 * 3
+
     @pytest.mark.parametrize("empty", [[], "dataset"])
     def test_an_empty_dataset_is_named(self, tmp_path, empty):
         from datasets import Dataset

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import hashlib
+import json
 import logging
 import math
 import os
@@ -166,6 +169,15 @@ class BudgetSearcher:
                 for s in samples
             ]
         return samples
+
+    @functools.cached_property
+    def _samples_fingerprint(self) -> str:
+        """Digest of the search samples as the model sees them (token ids, answers, decoding length)."""
+        digest = hashlib.sha256()
+        for sample, references in zip(self.train_samples, self.references, strict=True):
+            row = [sample.context_ids, sample.question_ids, sample.max_new_tokens, sample.mode, references]
+            digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8"))
+        return digest.hexdigest()[:16]
 
     def _check_metric_key(self) -> str:
         from ..metrics import compute_metric
@@ -608,6 +620,7 @@ class BudgetSearcher:
             "search_state": dataclasses.asdict(self.state),
             "fitness_cache": self._fitness_cache,
             "args": self.args.to_dict(),
+            "search_samples_fingerprint": self._samples_fingerprint,
             "versions": package_versions(),
             # How much of the JSONL log this state accounts for; a resume drops what was logged after it.
             "log_bytes": log.stat().st_size if self.is_main_process and log.is_file() else 0,
@@ -635,6 +648,13 @@ class BudgetSearcher:
                     f"Cannot resume: the checkpoint was written with {name}={saved_args[name]!r}, now "
                     f"{getattr(self.args, name)!r}. Use the same SearchArguments to resume."
                 )
+        saved_fingerprint = payload.get("search_samples_fingerprint")  # absent in older checkpoints
+        if saved_fingerprint is not None and saved_fingerprint != self._samples_fingerprint:
+            raise ValueError(
+                f"Cannot resume {path}: it was written for other search samples (its cached scores would be "
+                "reused for these). Resume with the same train_dataset, tokenizer and max_new_tokens, or start a "
+                "new search in another output_dir."
+            )
         self.state = SearchState(**payload["search_state"])
         self._fitness_cache = dict(payload.get("fitness_cache", {}))
         if len(self.state.base_budgets) != self.num_layers or self.state.num_groups != len(groups):
