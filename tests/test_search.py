@@ -500,3 +500,27 @@ def test_holding_the_target_never_lowers_the_fitness(score, greater_is_better):
     assert at_target >= over >= far_over
     if score != 0.0:
         assert at_target > far_over
+
+
+class TestReportTo:
+    def test_unknown_integration_is_refused_by_the_arguments(self, tmp_path):
+        with pytest.raises(ValueError, match=r"report_to takes .*'tensorbord'"):
+            small_args(tmp_path, report_to=["tensorbord"])
+        assert small_args(tmp_path, report_to="none").report_to == []
+
+    def test_all_means_every_installed_integration(self, tmp_path, monkeypatch):
+        """Regression: report_to=["all"] enabled nothing, silently (transformers: every installed one)."""
+        import importlib.util
+
+        from evolkv_hf.search import callbacks
+
+        made = []
+        monkeypatch.setattr(callbacks, "TensorBoardCallback", lambda log_dir: made.append(log_dir) or "tb")
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboard" else None
+        )
+        assert callbacks.integration_callbacks(["all"], str(tmp_path)) == ["tb"]
+        assert callbacks.integration_callbacks(["tensorboard", "all"], str(tmp_path)) == ["tb"]  # once
+        assert made == [str(tmp_path / "runs")] * 2
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+        assert callbacks.integration_callbacks(["all"], str(tmp_path)) == []

@@ -12,6 +12,7 @@ CONSTRAINTS = ("penalty", "project")
 GROUP_ORDERS = ("bottom_up", "top_down")
 SAVE_STRATEGIES = ("generation", "group", "no")
 ENGINES = ("prefill_once", "plain")
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
 def default_population_size(group_size: int) -> int:
@@ -103,7 +104,9 @@ class SearchArguments:
     logging_steps: int = field(default=1, metadata={"help": "Log every this many generations."})
     report_to: list[str] = field(
         default_factory=list,
-        metadata={"help": "Integrations to report to ('tensorboard', 'wandb'), when installed."},
+        metadata={
+            "help": "Integrations to report to ('tensorboard', 'wandb'; 'all': every one installed; 'none')."
+        },
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Push the final allocation to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for push_to_hub."})
@@ -121,6 +124,9 @@ class SearchArguments:
             raise ValueError("output_dir must be a non-empty path.")
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to in ("none", "") else [self.report_to]
+        unknown = [name for name in self.report_to if name not in REPORT_TO]
+        if unknown:
+            raise ValueError(f"report_to takes {list(REPORT_TO)}, got {unknown!r}.")
         # Check what the user gave before deriving defaults from it, so that a wrong type is reported by name
         # (not as an arithmetic error inside a default). Stored back as plain numbers (numpy ones are accepted)
         # so that checkpoints serialise them as JSON.

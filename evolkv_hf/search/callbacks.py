@@ -271,16 +271,32 @@ class WandbCallback(SearchCallback):
 
 
 def integration_callbacks(report_to: list[str], output_dir: str) -> list[SearchCallback]:
-    """Callbacks for ``report_to``; an integration whose package is missing is skipped with a warning."""
+    """Callbacks for ``report_to``; an integration whose package is missing is skipped with a warning.
+
+    ``"all"`` means every supported integration whose package is installed (as in transformers'
+    ``TrainingArguments``); missing ones are then skipped silently.
+    """
+    import importlib.util
+
     callbacks: list[SearchCallback] = []
-    for name in report_to:
+    names = list(report_to)
+    if "all" in names:
+        installed = [
+            name
+            for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb"))
+            if importlib.util.find_spec(module) is not None
+        ]
+        names = [name for name in names if name != "all"] + installed
+    for name in dict.fromkeys(names):  # each once, in order
         try:
             if name == "tensorboard":
                 callbacks.append(TensorBoardCallback(os.path.join(output_dir, "runs")))
             elif name == "wandb":
                 callbacks.append(WandbCallback())
-            elif name not in ("none", "all"):
-                raise ValueError(f"Unknown report_to integration {name!r}; use 'tensorboard' or 'wandb'.")
+            elif name != "none":
+                raise ValueError(
+                    f"Unknown report_to integration {name!r}; use 'tensorboard', 'wandb', 'all' or 'none'."
+                )
         except ImportError:
             logger.warning("report_to=%r skipped: its package is not installed.", name)
     return callbacks
