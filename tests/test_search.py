@@ -524,3 +524,13 @@ class TestReportTo:
         assert made == [str(tmp_path / "runs")] * 2
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
         assert callbacks.integration_callbacks(["all"], str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    "key, given, expected",
+    [(None, None, True), ("overlap", None, True), ("eval_loss", None, False), ("eval_loss", True, True)],
+)
+def test_greater_is_better_follows_training_arguments(tmp_path, key, given, expected):
+    """A metric key ending in 'loss' is minimised unless said otherwise (it used to be maximised)."""
+    args = small_args(tmp_path, metric_for_best_model=key, greater_is_better=given)
+    assert args.greater_is_better is expected

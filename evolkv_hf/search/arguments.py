@@ -113,7 +113,13 @@ class SearchArguments:
     metric_for_best_model: str | None = field(
         default=None, metadata={"help": "Key of the metric dict used as f(S) (default: its only/first key)."}
     )
-    greater_is_better: bool = field(default=True, metadata={"help": "Whether a larger metric is better."})
+    greater_is_better: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether a larger metric is better (default: True, or False when metric_for_best_model "
+            "ends with 'loss', as in TrainingArguments)."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow starting a new search in a non-empty output_dir."}
     )
@@ -124,6 +130,8 @@ class SearchArguments:
             raise ValueError("output_dir must be a non-empty path.")
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to in ("none", "") else [self.report_to]
+        if self.greater_is_better is None:
+            self.greater_is_better = not (self.metric_for_best_model or "").endswith("loss")
         unknown = [name for name in self.report_to if name not in REPORT_TO]
         if unknown:
             raise ValueError(f"report_to takes {list(REPORT_TO)}, got {unknown!r}.")

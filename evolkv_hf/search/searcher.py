@@ -253,7 +253,7 @@ class BudgetSearcher:
                 args.target_budget,
                 lam=args.cache_score_lambda,
                 gamma=args.cache_score_gamma,
-                greater_is_better=args.greater_is_better,
+                greater_is_better=bool(args.greater_is_better),
             )
         record = {
             "budgets": evaluated,
