@@ -463,6 +463,18 @@ class TestFailureModes:
             other.search(resume_from_checkpoint=True)
         make_searcher(tmp_path, generations_per_group=1).search(resume_from_checkpoint=True)
 
+    def test_a_checkpoint_from_elsewhere_only_continues_into_a_directory_without_a_search(self, tmp_path):
+        make_searcher(tmp_path / "a", generations_per_group=1).search()
+        make_searcher(tmp_path / "b", generations_per_group=1).search()
+        foreign = latest_checkpoint(tmp_path / "a" / "run")
+        before = sorted(p.name for p in (tmp_path / "b" / "run").iterdir())
+        # Used to truncate b's log with a's byte count and let rotation delete checkpoints.
+        with pytest.raises(FileExistsError, match="holds another search"):
+            make_searcher(tmp_path / "b", generations_per_group=1).search(resume_from_checkpoint=foreign)
+        assert sorted(p.name for p in (tmp_path / "b" / "run").iterdir()) == before
+        result = make_searcher(tmp_path / "c", generations_per_group=1).search(resume_from_checkpoint=foreign)
+        assert result.allocation.total == 12 * 3
+
     def test_an_infinite_completed_score_does_not_fail_the_allocation(self, tmp_path):
         searcher = BudgetSearcher(
             tiny_model("llama", num_layers=3),

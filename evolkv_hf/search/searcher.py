@@ -328,6 +328,7 @@ class BudgetSearcher:
         snapshot: tuple[dict[str, Any], bytes] | None = None
         checkpoint_path = self._resolve_resume(resume_from_checkpoint, output_dir)
         if checkpoint_path is not None:
+            self._check_foreign_resume(checkpoint_path, output_dir)
             strategy = self._restore(checkpoint_path, groups)
             if self.is_main_process:  # resuming a checkpoint from elsewhere into a new output_dir
                 output_dir.mkdir(parents=True, exist_ok=True)
@@ -589,6 +590,17 @@ class BudgetSearcher:
                 log.unlink()
             for old in checkpoint_dirs(output_dir):
                 shutil.rmtree(old)
+
+    def _check_foreign_resume(self, checkpoint: Path, output_dir: Path) -> None:
+        """A checkpoint from another directory may only continue into an ``output_dir`` without a search."""
+        if checkpoint.resolve().parent == output_dir.resolve() or not output_dir.is_dir():
+            return
+        if checkpoint_dirs(output_dir) or (output_dir / LOG_FILE).exists():
+            raise FileExistsError(
+                f"Cannot resume {checkpoint} into {output_dir}: that directory holds another search (its log or "
+                "checkpoints would be mixed with this one's, and rotation could delete them). Resume into the "
+                "checkpoint's own directory or into an empty output_dir."
+            )
 
     def _resolve_resume(self, resume: bool | str | os.PathLike[str] | None, output_dir: Path) -> Path | None:
         if resume is None or resume is False:
