@@ -14,13 +14,24 @@ TESTS = Path(__file__).parent
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys, time
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from test_search import make_searcher
+    from evolkv_hf.search import SearchCallback
+
+    class WritesAtBegin(SearchCallback):
+        # Like TensorBoard's writer: the main process creates files in output_dir when the search begins.
+
+        def on_search_begin(self, args, state, control, **kwargs):
+            if os.environ.get("RANK", "0") == "0":
+                (Path(args.output_dir) / "runs").mkdir(exist_ok=True)
+
 
     out = Path(sys.argv[1])
-    searcher = make_searcher(out)
+    searcher = make_searcher(out, callbacks=[WritesAtBegin()])
+    if searcher.process_index == 1:
+        time.sleep(3)  # regression: rank 1 then found rank 0's files and refused a "non-empty" output_dir
     result = searcher.search()
     record = {{
         "processes": searcher.num_processes,

@@ -340,6 +340,11 @@ class BudgetSearcher:
                 base_budgets=list(uniform),
                 best_budgets=list(uniform),
             )
+        if self.num_processes > 1:
+            # Every process has checked output_dir before the main one writes into it (log, integrations).
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
         self._fire("on_search_begin")
         if checkpoint_path is None:
             baseline = self._evaluate_population([uniform])[0]
