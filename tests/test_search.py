@@ -546,3 +546,12 @@ def test_greater_is_better_follows_training_arguments(tmp_path, key, given, expe
     """A metric key ending in 'loss' is minimised unless said otherwise (it used to be maximised)."""
     args = small_args(tmp_path, metric_for_best_model=key, greater_is_better=given)
     assert args.greater_is_better is expected
+
+
+def test_the_baseline_of_a_non_integer_target_is_the_completed_uniform_scheme(tmp_path):
+    """Regression: round(12.5) == 12 gave every layer 12, a baseline below the target mean."""
+    result = make_searcher(tmp_path, target_budget=12.5, generations_per_group=1).search()
+    baseline = next(entry for entry in result.history if entry["event"] == "baseline")
+    assert baseline["budgets"] == [13, 13, 12]
+    assert baseline["budgets"] == BudgetAllocation.uniform(3, 12.5, window_size=4).budgets
+    assert result.allocation.total == 38

@@ -322,8 +322,9 @@ class BudgetSearcher:
         # A stop requested by a callback during an earlier call must not end this one at once (as in Trainer).
         self.control = SearchControl()
         groups = self._groups()
-        uniform = [round(args.target_budget)] * self.num_layers
-        uniform = [min(max(b, args.min_budget or 1), args.max_budget or b) for b in uniform]
+        # The uniform scheme completed to the target total, as the final allocation will be (for a target
+        # such as 12.5 some layers get 13; Python's round() would give every layer 12, below the target).
+        uniform = self._project([max(1, round(args.target_budget))] * self.num_layers)
         strategy: GroupStrategy | None = None
         snapshot: tuple[dict[str, Any], bytes] | None = None
         checkpoint_path = self._resolve_resume(resume_from_checkpoint, output_dir)
