@@ -30,7 +30,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -388,7 +388,7 @@ def _resolve_budgets(budgets: Any) -> list[int]:
     values = [budgets] if isinstance(budgets, numbers.Integral) else budgets
     if isinstance(values, str):
         values = [part for part in values.split(",") if part.strip()]
-    if not isinstance(values, Sequence):
+    if not isinstance(values, Iterable) or isinstance(values, Mapping):  # lists, tuples, numpy arrays, ranges
         raise TypeError(f"budgets must be an int or a sequence of ints, got {type(budgets).__name__}.")
     checked: list[int] = []
     for value in values:

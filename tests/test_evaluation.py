@@ -338,3 +338,13 @@ def test_a_non_finite_sample_score_is_named_and_the_answers_are_kept(
     lines = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all(line["score"] is None for line in lines)
     assert not (run_dir / "config.json").exists()  # unfinished: redone by the next call
+
+
+def test_budgets_accept_numpy_arrays_and_ranges() -> None:
+    import numpy as np
+
+    assert evaluation._resolve_budgets(np.array([64, 128])) == [64, 128]
+    assert evaluation._resolve_budgets(range(64, 257, 64)) == [64, 128, 192, 256]
+    assert evaluation._resolve_budgets("64,128") == [64, 128]
+    with pytest.raises(TypeError, match="sequence of ints"):
+        evaluation._resolve_budgets({64: 1})
