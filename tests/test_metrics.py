@@ -261,3 +261,36 @@ def test_bootstrap_ci() -> None:
 def test_bootstrap_ci_rejects(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bootstrap_ci(**kwargs)
+
+
+def _one_reference_metric():
+    """An evaluate metric declaring one reference string per sample, like the Hub's ``exact_match``."""
+    import datasets
+    import evaluate
+
+    class OneReference(evaluate.Metric):
+        def _info(self):
+            features = datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            )
+            return evaluate.MetricInfo(description="", citation="", inputs_description="", features=features)
+
+        def _compute(self, predictions, references):
+            return {
+                "same": 100.0
+                * sum(p == r for p, r in zip(predictions, references, strict=True))
+                / len(predictions)
+            }
+
+    return OneReference()
+
+
+def test_evaluate_metrics_with_one_reference_string_per_sample():
+    """Regression: references were always passed as lists, which such metrics refuse."""
+    from evolkv_hf.metrics import compute_metric, per_sample_scores
+
+    metric = _one_reference_metric()
+    assert compute_metric(metric, ["a", "b"], [["a"], "c"]) == {"same": 50.0}
+    assert per_sample_scores(metric, ["a", "b"], [["a"], "c"]) == [100.0, 0.0]
+    with pytest.raises(ValueError, match=r"one reference string per sample, but sample\(s\) \[1\] have 2"):
+        compute_metric(metric, ["a", "b"], [["a"], ["b", "c"]])

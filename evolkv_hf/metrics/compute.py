@@ -81,6 +81,44 @@ def _resolve(metric: MetricLike) -> Any:
     )
 
 
+def _takes_one_reference(module: Any) -> bool:
+    """Whether an ``evaluate`` module declares one reference string per sample (like the Hub's ``exact_match``)
+    rather than a list; a module accepting either format, or declaring none, gets lists."""
+    import datasets
+
+    modules = module.evaluation_modules if isinstance(module, evaluate.CombinedEvaluations) else [module]
+    single = []
+    for part in modules:
+        declared = getattr(part, "features", None)
+        formats = declared if isinstance(declared, list) else [declared]
+        single.append(
+            all(
+                features is not None
+                and "references" in features
+                and isinstance(features["references"], datasets.Value)
+                for features in formats
+            )
+        )
+    if any(single) and not all(single):
+        raise ValueError(
+            "The combined metric mixes modules that take one reference string per sample with modules that take "
+            "a list of references; compute them separately."
+        )
+    return all(single)
+
+
+def _single_references(module: Any, refs: list[list[str]]) -> list[str]:
+    several = [i for i, sample_refs in enumerate(refs) if len(sample_refs) > 1]
+    if several:
+        label = getattr(module, "name", None) or type(module).__name__
+        raise ValueError(
+            f"Metric {label!r} takes one reference string per sample, but sample(s) {several[:5]} have "
+            f"{len(refs[several[0]])} accepted answers; use a metric that takes a list of references (e.g. "
+            "'exact_match' or 'qa_f1' from evolkv_hf.metrics) or a callable that picks one."
+        )
+    return [sample_refs[0] for sample_refs in refs]
+
+
 def compute_metric(
     metric: MetricLike,
     predictions: Sequence[str],
@@ -123,7 +161,11 @@ def compute_metric(
     module = _resolve(metric)
     predictions, refs = _normalize_inputs(predictions, references)
     if isinstance(module, (evaluate.EvaluationModule, evaluate.CombinedEvaluations)):
-        result = module.compute(predictions=predictions, references=refs, **kwargs)
+        # evaluate checks the declared format: one string per sample, or a list of accepted answers.
+        passed: list[str] | list[list[str]] = (
+            _single_references(module, refs) if _takes_one_reference(module) else refs
+        )
+        result = module.compute(predictions=predictions, references=passed, **kwargs)
     else:
         result = module(predictions, refs, **kwargs)
     return _check_result(result, module)
