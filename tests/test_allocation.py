@@ -377,6 +377,22 @@ def test_no_silent_overwrite(tmp_path: Path) -> None:
     assert (other / "README.md").read_text() == "# somebody's model card"
 
 
+def test_a_hand_edited_card_of_the_same_allocation_is_not_replaced(tmp_path: Path) -> None:
+    """Regression: saving the same allocation again silently rewrote a README.md edited by hand."""
+    alloc = BudgetAllocation(budgets=[10, 20], task="niah_single")
+    alloc.save_pretrained(tmp_path)
+    alloc.save_pretrained(tmp_path)  # unchanged files: saving again is still fine
+    edited = (tmp_path / "README.md").read_text() + "\n## Notes\nMeasured on my data.\n"
+    (tmp_path / "README.md").write_text(edited)
+    with pytest.raises(FileExistsError, match=r"README\.md differs .*overwrite=True"):
+        alloc.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text() == edited
+    with pytest.raises(FileExistsError, match="another repo id"):
+        alloc.save_pretrained(tmp_path, repo_id="me/other")
+    alloc.save_pretrained(tmp_path, overwrite=True)
+    assert "Measured on my data" not in (tmp_path / "README.md").read_text()
+
+
 def test_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = BudgetAllocation(budgets=[10, 20])
     first.save_pretrained(tmp_path)
@@ -482,6 +498,12 @@ def test_push_then_load_through_http(fake_hub: FakeHub, tmp_path: Path) -> None:
     assert json.loads(files[ALLOCATION_FILE]) == alloc.to_dict()
     assert b'EvolKVCache.from_pretrained("me/smollm2-evolkv", model)' in files["README.md"]
     assert files["budgets.png"].startswith(b"\x89PNG")
+    # Regression: a repo id without namespace resolves to the user's; the card used to name the bare id.
+    alloc.push_to_hub("bare-name", token="fake", endpoint=fake_hub.url)
+    assert (
+        b'EvolKVCache.from_pretrained("user/bare-name", model)'
+        in fake_hub.files("user/bare-name")["README.md"]
+    )
     assert fake_hub.repos["me/smollm2-evolkv"].private
 
     cache_dir = tmp_path / "cache"

@@ -565,12 +565,12 @@ class BudgetAllocation(
         directory = Path(save_directory)
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"{directory} exists and is not a directory.")
-        if not overwrite:
-            self._check_no_conflict(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._save_pretrained(directory)
         card_kwargs = dict(model_card_kwargs or {})
         card_kwargs.setdefault("repo_id", repo_id)
+        if not overwrite:
+            self._check_no_conflict(directory, card_kwargs)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_pretrained(directory)
         card_kwargs.setdefault("has_plot", (directory / PLOT_FILE).is_file())
         atomic_write(directory / _CARD_FILE, str(self.generate_model_card(**card_kwargs)).encode("utf-8"))
         if push_to_hub:
@@ -579,7 +579,7 @@ class BudgetAllocation(
             )
         return None
 
-    def _check_no_conflict(self, directory: Path) -> None:
+    def _check_no_conflict(self, directory: Path, card_kwargs: dict[str, Any]) -> None:
         if not directory.is_dir():
             return
         existing = directory / ALLOCATION_FILE
@@ -593,6 +593,17 @@ class BudgetAllocation(
                     f"{directory} already contains a different allocation ({ALLOCATION_FILE}). Pass "
                     "overwrite=True to replace it, or choose another directory."
                 )
+            # The same allocation: saving again may only rewrite files it would write identically. A model card
+            # edited by hand (or written for another repo id) is not replaced without overwrite=True.
+            card = directory / _CARD_FILE
+            if card.is_file():
+                has_plot = importlib.util.find_spec("matplotlib") is not None  # as _save_pretrained decides
+                wanted = str(self.generate_model_card(**{"has_plot": has_plot, **card_kwargs}))
+                if card.read_bytes() != wanted.encode("utf-8"):
+                    raise FileExistsError(
+                        f"{card} differs from the model card this save would write (edited by hand, or written "
+                        "for another repo id). Pass overwrite=True to replace it, or choose another directory."
+                    )
             return
         foreign = [name for name in _OWN_FILES if (directory / name).exists()]
         if foreign:
@@ -725,13 +736,29 @@ class BudgetAllocation(
         AllocationPushError
             The Hub could not be reached or refused the repo creation or commit (the cause is chained).
         """
+        if config is not None:
+            raise TypeError(
+                "BudgetAllocation.push_to_hub does not take `config`: allocation.json holds everything."
+            )
         api = HfApi(endpoint=endpoint, token=token)
+
+        def failed(err: Exception) -> AllocationPushError:  # any transport or HTTP failure: one clear error
+            return AllocationPushError(
+                f"Pushing the allocation to {repo_id!r} on {api.endpoint} failed: {type(err).__name__}: {err}. "
+                "Nothing local was changed; check the repo id, your token (`hf auth login`) and your "
+                "connection, then retry."
+            )
+
+        try:
+            repo_url = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+        except Exception as err:
+            raise failed(err) from err
         with tempfile.TemporaryDirectory(prefix="evolkv-allocation-") as tmp:
             folder = Path(tmp) / "allocation"
-            card_kwargs = {**(model_card_kwargs or {}), "repo_id": repo_id}
-            self.save_pretrained(folder, config=config, model_card_kwargs=card_kwargs)
+            # The card names the full repo id (with the namespace create_repo resolved), so its snippet works.
+            card_kwargs = {**(model_card_kwargs or {}), "repo_id": repo_url.repo_id}
+            self.save_pretrained(folder, model_card_kwargs=card_kwargs)
             try:
-                repo_url = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
                 commit = api.upload_folder(
                     repo_id=repo_url.repo_id,
                     repo_type="model",
@@ -743,12 +770,8 @@ class BudgetAllocation(
                     ignore_patterns=ignore_patterns,
                     delete_patterns=delete_patterns,
                 )
-            except Exception as err:  # any transport or HTTP failure becomes one clear error
-                raise AllocationPushError(
-                    f"Pushing the allocation to {repo_id!r} on {api.endpoint} failed: {type(err).__name__}: {err}. "
-                    "Nothing local was changed; check the repo id, your token (`hf auth login`) and your "
-                    "connection, then retry."
-                ) from err
+            except Exception as err:
+                raise failed(err) from err
         return str(commit)
 
     # -- plotting --------------------------------------------------------------------------------------------
