@@ -315,6 +315,11 @@ def test_validate_accepts_user_dataset() -> None:
         ([_row(max_new_tokens=0)], r"non-positive"),
         ([_row(mode="both")], r"column 'mode' has values \['both'\]"),
         ([_row(), _row(question=None)], r"rows \[1\] have no 'question'"),
+        # Regressions: an empty answer made string_match_* score 100 for any prediction.
+        ([_row(), _row(answers=["blue", ""])], r"rows \[1\] have an empty or missing answer"),
+        ([_row(answers=["  "])], r"rows \[0\] have an empty or missing answer"),
+        ([_row(), _row(answers=["blue", None])], r"rows \[1\] have an empty or missing answer"),
+        ([_row(), _row(context=" ")], r"rows \[1\] have an empty 'context'"),
     ],
 )
 def test_validate_rejects(rows: list[dict[str, Any]], message: str) -> None:

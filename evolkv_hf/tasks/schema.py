@@ -66,8 +66,9 @@ def validate_task_dataset(dataset: datasets.Dataset) -> None:
     """Check that ``dataset`` can be used as a task; raise a ``ValueError`` that says what is wrong.
 
     Checks the presence and types of :data:`REQUIRED_COLUMNS`, that the dataset is not empty, that
-    every ``answers`` list is non-empty, that ``max_new_tokens`` is positive and, when a ``mode``
-    column is present, that its values are in :data:`MODES`.
+    every ``context`` is non-blank, that every ``answers`` list is non-empty and holds no empty answer,
+    that ``max_new_tokens`` is positive and, when a ``mode`` column is present, that its values are in
+    :data:`MODES`.
 
     Parameters
     ----------
@@ -132,9 +133,25 @@ def validate_task_dataset(dataset: datasets.Dataset) -> None:
         nulls = [i for i, value in enumerate(dataset[column]) if value is None]
         if nulls:
             problems.append(f"rows {nulls[:10]} have no {column!r} (None)")
+    blank_context = [
+        i for i, value in enumerate(dataset["context"]) if value is not None and not value.strip()
+    ]
+    if blank_context:
+        problems.append(f"rows {blank_context[:10]} have an empty 'context' (there is nothing to compress)")
     empty = [i for i, answers in enumerate(dataset["answers"]) if not answers]
     if empty:
         problems.append(f"rows {empty[:10]} have an empty 'answers' list")
+    # An empty answer is found in every prediction by the substring metrics (string_match_*): it would score 100.
+    blank = [
+        i
+        for i, answers in enumerate(dataset["answers"])
+        if answers and any(answer is None or not answer.strip() for answer in answers)
+    ]
+    if blank:
+        problems.append(
+            f"rows {blank[:10]} have an empty or missing answer in 'answers' (every prediction would contain it); "
+            "drop such answers, or the rows"
+        )
     bad_budget = [i for i, n in enumerate(dataset["max_new_tokens"]) if n is None or n <= 0]
     if bad_budget:
         problems.append(f"rows {bad_budget[:10]} have a non-positive or missing 'max_new_tokens'")
