@@ -213,11 +213,12 @@ def generate_answers(
     return answers
 
 
-def model_name(model: Any) -> str:
-    """A readable model name for provenance: the Hub id (the demo model's too), else the directory name."""
+def hub_model_id(model: Any) -> str | None:
+    """The model's Hub repo id (the demo model's too), or ``None`` for a model loaded from another local directory
+    or built in memory: a directory name is not a repo id, even when it looks like one."""
     name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
     if not name:
-        return type(model).__name__
+        return None
     if os.path.isdir(name):
         try:
             from .demo import DEMO_MODEL_ID, demo_checkpoint_dir
@@ -226,5 +227,16 @@ def model_name(model: Any) -> str:
                 return DEMO_MODEL_ID
         except ImportError:  # the demo module is optional here
             pass
-        return Path(name).resolve().name
+        return None
     return str(name)
+
+
+def model_name(model: Any) -> str:
+    """A readable model name for provenance: the Hub id (the demo model's too), else the directory name."""
+    hub_id = hub_model_id(model)
+    if hub_id is not None:
+        return hub_id
+    name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not name:
+        return type(model).__name__
+    return Path(name).resolve().name

@@ -555,3 +555,29 @@ def test_the_baseline_of_a_non_integer_target_is_the_completed_uniform_scheme(tm
     assert baseline["budgets"] == [13, 13, 12]
     assert baseline["budgets"] == BudgetAllocation.uniform(3, 12.5, window_size=4).budgets
     assert result.allocation.total == 38
+
+
+@pytest.mark.parametrize("source", ["memory", "local_dir", "hub_id"])
+def test_base_model_is_only_a_hub_repo_id(tmp_path, source):
+    """Regression: a model from a local directory (or built in memory) was recorded as base_model under its
+    directory (or class) name, and the model card then told users to load a repo that does not exist."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama", num_layers=3)
+    if source == "local_dir":
+        model.save_pretrained(tmp_path / "my-finetuned-llama")
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "my-finetuned-llama")
+    elif source == "hub_id":
+        model.config._name_or_path = "org/tiny-llama"
+    args = small_args(tmp_path, generations_per_group=1)
+    searcher = BudgetSearcher(model, args, dataset(), processing_class=tiny_tokenizer(), metric=digit_overlap)
+    allocation = searcher.search().allocation
+    card = (tmp_path / "run" / "allocation" / "README.md").read_text()
+    if source == "hub_id":
+        assert allocation.base_model == "org/tiny-llama"
+        assert "base_model: org/tiny-llama" in card
+    else:
+        assert allocation.base_model is None and "base_model:" not in card
+        assert "AutoModelForCausalLM.from_pretrained(...)  # the base model" in card
+        expected = "my-finetuned-llama" if source == "local_dir" else "LlamaForCausalLM"
+        assert allocation.extra["model"] == expected

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allocation import BudgetAllocation
-from ..inference import EncodedSample, encode_samples, generate_answers, model_name
+from ..inference import EncodedSample, encode_samples, generate_answers, hub_model_id, model_name
 from ..versions import package_versions
 from .arguments import SearchArguments
 from .callbacks import (
@@ -504,6 +504,17 @@ class BudgetSearcher:
         task = None
         if "task" in getattr(self.train_dataset, "column_names", []):
             task = str(self.train_dataset[0]["task"])
+        # base_model only holds a Hub repo id (the model card turns it into metadata and a loading snippet); a
+        # model from another local directory is named in `extra` instead.
+        base_model = hub_model_id(self.model)
+        extra: dict[str, Any] = {
+            "constraint": args.constraint,
+            "group_order": args.group_order,
+            "engine": args.engine,
+        }
+        if base_model is None:
+            extra["model"] = model_name(self.model)
+        commit = getattr(self.model.config, "_commit_hash", None)
         return BudgetAllocation(
             budgets=list(budgets),
             window_size=args.window_size,
@@ -511,7 +522,10 @@ class BudgetSearcher:
             pooling=args.pooling,
             policy="snapkv",
             target_mean_budget=float(args.target_budget),
-            base_model=model_name(self.model),
+            base_model=base_model,
+            base_model_revision=commit
+            if base_model is not None and isinstance(commit, str) and commit
+            else None,
             task=task,
             metric_name=self.metric_key,
             metric_value=float(score) if math.isfinite(score) else None,
@@ -523,7 +537,7 @@ class BudgetSearcher:
             search_lambda=args.cache_score_lambda,
             search_gamma=args.cache_score_gamma,
             search_sigma0=args.sigma0,
-            extra={"constraint": args.constraint, "group_order": args.group_order, "engine": args.engine},
+            extra=extra,
         )
 
     def evaluate(self, allocation: BudgetAllocation | None = None, dataset: Any = None) -> dict[str, float]:
