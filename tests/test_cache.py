@@ -473,3 +473,27 @@ def test_cache_from_allocation_and_saved_directory(tmp_path):
 
     with pytest.raises(ValueError, match=r"4.*3|3.*4"):
         EvolKVCache(model, BudgetAllocation.uniform(4, 16))
+
+    # Regressions: download options reached the constructor ("unexpected keyword argument"), and a 0-d
+    # tensor failed with "'int' object is not iterable".
+    offline = EvolKVCache.from_pretrained(
+        tmp_path / "alloc", model, local_files_only=True, force_download=False
+    )
+    assert offline.budgets == [9, 17, 12]
+    assert EvolKVCache(model, torch.tensor(12)).budgets == [12, 12, 12]
+
+
+def test_an_allocation_for_another_hub_model_warns():
+    """Regression: an allocation learned for another model was used silently when the layer counts matched."""
+    import warnings
+
+    from evolkv_hf import BudgetAllocation
+
+    model = tiny_model("llama")
+    model.config._name_or_path = "org/tiny-a"
+    with pytest.warns(UserWarning, match=r"learned for 'org/tiny-b' but the model is 'org/tiny-a'"):
+        EvolKVCache(model, BudgetAllocation(budgets=[9, 17, 12], window_size=4, base_model="org/tiny-b"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EvolKVCache(model, BudgetAllocation(budgets=[9, 17, 12], window_size=4, base_model="org/tiny-a"))
+        EvolKVCache(model, BudgetAllocation(budgets=[9, 17, 12], window_size=4))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,7 @@ class EvolKVCache(Cache):
         num_layers = len(layer_types)
 
         defaults = _allocation_defaults(budgets, num_layers)
+        _warn_other_base_model(budgets, model)
         self.options = ScoringOptions(
             policy=policy if policy is not None else defaults.get("policy", "snapkv"),
             window_size=window_size if window_size is not None else defaults.get("window_size", 32),
@@ -132,9 +134,15 @@ class EvolKVCache(Cache):
         revision: str | None = None,
         token: str | bool | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        endpoint: str | None = None,
         **cache_options: Any,
     ) -> EvolKVCache:
         """Build a cache from a saved :class:`~evolkv_hf.BudgetAllocation` (a directory or a Hub repo id).
+
+        The download options are those of :meth:`BudgetAllocation.from_pretrained`; ``cache_options``
+        (``window_size``, ``policy``, ...) go to the constructor and override the allocation's settings.
 
         Example
         -------
@@ -143,7 +151,13 @@ class EvolKVCache(Cache):
         from ..allocation import BudgetAllocation
 
         allocation = BudgetAllocation.from_pretrained(
-            repo_id_or_dir, revision=revision, token=token, cache_dir=cache_dir
+            repo_id_or_dir,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            endpoint=endpoint,
         )
         return cls(model, allocation, **cache_options)
 
@@ -299,6 +313,24 @@ def _check_architecture(config: Any, layer_types: list[str], model_type: str) ->
         )
 
 
+def _warn_other_base_model(budgets: Any, model: Any) -> None:
+    """Warn when an allocation learned for one Hub model is used with another (same layer count or not)."""
+    learned_for = getattr(budgets, "base_model", None)
+    if not isinstance(learned_for, str) or not learned_for or isinstance(budgets, (int, Sequence)):
+        return
+    from ..inference import hub_model_id
+
+    current = hub_model_id(model)
+    if current is not None and current != learned_for:
+        warnings.warn(
+            f"This allocation was learned for {learned_for!r} but the model is {current!r}: per-layer budgets "
+            "are model-specific, so it may do worse than a uniform budget. Search one for this model, or ignore "
+            "this warning if the two share their weights.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _allocation_defaults(budgets: Any, num_layers: int) -> dict[str, Any]:
     if not hasattr(budgets, "budgets") or isinstance(budgets, (int, Sequence)):
         return {}
@@ -321,7 +353,9 @@ def _validate_budgets(budgets: Any, num_layers: int) -> list[int]:
     if isinstance(budgets, numbers.Integral):
         values: list[Any] = [budgets] * num_layers
     elif isinstance(budgets, torch.Tensor) or hasattr(budgets, "tolist"):
-        values = list(budgets.tolist())
+        listed = budgets.tolist()
+        # A 0-d tensor or array is one budget for every layer, like an int.
+        values = list(listed) if isinstance(listed, list) else [listed] * num_layers
     elif isinstance(budgets, Sequence) and not isinstance(budgets, (str, bytes)):
         values = list(budgets)
     else:
