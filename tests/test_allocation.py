@@ -112,6 +112,20 @@ def test_bad_budgets_are_rejected(budgets: Any, error: type[Exception]) -> None:
         BudgetAllocation(budgets=budgets)
 
 
+def test_budgets_from_numpy_and_torch_are_plain_ints() -> None:
+    """Regression: arrays were refused, though EvolKVCache accepts them."""
+    import numpy as np
+    import torch
+
+    for budgets in (np.array([64, 32]), torch.tensor([64, 32])):
+        alloc = BudgetAllocation(budgets=budgets)
+        assert alloc.budgets == [64, 32] and all(type(b) is int for b in alloc.budgets)
+    with pytest.raises(TypeError, match="budgets"):
+        BudgetAllocation(budgets=np.array([64.0, 32.0]))
+    with pytest.raises(TypeError, match="budgets"):
+        BudgetAllocation(budgets=np.array(64))
+
+
 @pytest.mark.parametrize(
     ("changes", "error", "match"),
     [

@@ -212,6 +212,10 @@ class BudgetAllocation(
 
     def __post_init__(self) -> None:
         budgets = self.budgets
+        if getattr(budgets, "ndim", None) == 1 and hasattr(
+            budgets, "tolist"
+        ):  # a numpy array or torch tensor
+            budgets = budgets.tolist()
         if isinstance(budgets, (str, bytes)) or not isinstance(budgets, (list, tuple)):
             raise TypeError(f"budgets must be a list of ints, got {type(budgets).__name__} {budgets!r}.")
         if not budgets:
