@@ -400,36 +400,32 @@ class TestFailureModes:
             searcher.search()
         assert not (tmp_path / "run" / "allocation").exists()
 
+    @staticmethod
+    def with_held_out(tmp_path, metric):
+        """A searcher with 3 search samples and 2 held-out ones."""
+        return BudgetSearcher(
+            tiny_model("llama", num_layers=3),
+            small_args(tmp_path),
+            dataset(),
+            eval_dataset=dataset(2),
+            processing_class=tiny_tokenizer(),
+            metric=metric,
+        )
+
     def test_the_allocation_is_saved_before_the_held_out_comparison(self, tmp_path):
         def fails_on_held_out(predictions, references):
             if len(predictions) == 2:  # the held-out set has 2 samples, the search set 3
                 raise MemoryError("held-out prompts too long")
             return digit_overlap(predictions, references)
 
-        searcher = BudgetSearcher(
-            tiny_model("llama", num_layers=3),
-            small_args(tmp_path),
-            dataset(),
-            eval_dataset=dataset(2),
-            processing_class=tiny_tokenizer(),
-            metric=fails_on_held_out,
-        )
         with pytest.raises(MemoryError):
-            searcher.search()
+            self.with_held_out(tmp_path, fails_on_held_out).search()
         saved = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
         assert saved.total == 12 * 3 and "search_completed_score" in saved.scores
         assert not any(name.startswith("eval_") for name in saved.scores)
 
     def test_held_out_scores_are_added_to_the_saved_allocation(self, tmp_path):
-        searcher = BudgetSearcher(
-            tiny_model("llama", num_layers=3),
-            small_args(tmp_path),
-            dataset(),
-            eval_dataset=dataset(2),
-            processing_class=tiny_tokenizer(),
-            metric=digit_overlap,
-        )
-        searcher.search()
+        self.with_held_out(tmp_path, digit_overlap).search()
         saved = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
         assert {"eval_evolkv", "eval_uniform", "eval_pyramid"} <= set(saved.scores)
 
