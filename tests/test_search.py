@@ -515,6 +515,7 @@ class TestReportTo:
         with pytest.raises(ValueError, match=r"report_to takes .*'tensorbord'"):
             small_args(tmp_path, report_to=["tensorbord"])
         assert small_args(tmp_path, report_to="none").report_to == []
+        assert small_args(tmp_path, report_to=None).report_to == []
 
     def test_all_means_every_installed_integration(self, tmp_path, monkeypatch):
         """Regression: report_to=["all"] enabled nothing, silently (transformers: every installed one)."""

@@ -212,9 +212,8 @@ class BudgetAllocation(
 
     def __post_init__(self) -> None:
         budgets = self.budgets
-        if getattr(budgets, "ndim", None) == 1 and hasattr(
-            budgets, "tolist"
-        ):  # a numpy array or torch tensor
+        # A 1-d numpy array or torch tensor becomes a list (of plain ints when its dtype is an integer one).
+        if getattr(budgets, "ndim", None) == 1 and hasattr(budgets, "tolist"):
             budgets = budgets.tolist()
         if isinstance(budgets, (str, bytes)) or not isinstance(budgets, (list, tuple)):
             raise TypeError(f"budgets must be a list of ints, got {type(budgets).__name__} {budgets!r}.")

@@ -128,7 +128,9 @@ class SearchArguments:
     def __post_init__(self) -> None:
         if not self.output_dir:
             raise ValueError("output_dir must be a non-empty path.")
-        if isinstance(self.report_to, str):
+        if self.report_to is None:
+            self.report_to = []
+        elif isinstance(self.report_to, str):
             self.report_to = [] if self.report_to in ("none", "") else [self.report_to]
         if self.greater_is_better is None:
             self.greater_is_better = not (self.metric_for_best_model or "").endswith("loss")
