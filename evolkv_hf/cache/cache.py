@@ -316,7 +316,7 @@ def _check_architecture(config: Any, layer_types: list[str], model_type: str) ->
 def _warn_other_base_model(budgets: Any, model: Any) -> None:
     """Warn when an allocation learned for one Hub model is used with another (same layer count or not)."""
     learned_for = getattr(budgets, "base_model", None)
-    if not isinstance(learned_for, str) or not learned_for or isinstance(budgets, (int, Sequence)):
+    if not _is_allocation(budgets) or not isinstance(learned_for, str) or not learned_for:
         return
     from ..inference import hub_model_id
 
@@ -331,8 +331,13 @@ def _warn_other_base_model(budgets: Any, model: Any) -> None:
         )
 
 
+def _is_allocation(budgets: Any) -> bool:
+    """Whether ``budgets`` is a :class:`~evolkv_hf.BudgetAllocation` (or alike), not plain numbers."""
+    return hasattr(budgets, "budgets") and not isinstance(budgets, (int, Sequence))
+
+
 def _allocation_defaults(budgets: Any, num_layers: int) -> dict[str, Any]:
-    if not hasattr(budgets, "budgets") or isinstance(budgets, (int, Sequence)):
+    if not _is_allocation(budgets):
         return {}
     validate = getattr(budgets, "validate_for", None)
     if callable(validate):
@@ -346,7 +351,7 @@ def _allocation_defaults(budgets: Any, num_layers: int) -> dict[str, Any]:
 
 
 def _validate_budgets(budgets: Any, num_layers: int) -> list[int]:
-    if hasattr(budgets, "budgets") and not isinstance(budgets, (int, Sequence)):
+    if _is_allocation(budgets):
         budgets = budgets.budgets
     if isinstance(budgets, bool):
         raise TypeError("budgets must be an int or a sequence of ints, got a bool.")

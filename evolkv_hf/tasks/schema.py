@@ -129,22 +129,23 @@ def validate_task_dataset(dataset: datasets.Dataset) -> None:
     if problems:
         raise ValueError("Invalid task dataset: " + "; ".join(problems) + ".")
 
+    columns = {column: dataset[column] for column in ("context", "question", "answer_prefix", "answers")}
     for column in ("context", "question", "answer_prefix"):
-        nulls = [i for i, value in enumerate(dataset[column]) if value is None]
+        nulls = [i for i, value in enumerate(columns[column]) if value is None]
         if nulls:
             problems.append(f"rows {nulls[:10]} have no {column!r} (None)")
     blank_context = [
-        i for i, value in enumerate(dataset["context"]) if value is not None and not value.strip()
+        i for i, value in enumerate(columns["context"]) if value is not None and not value.strip()
     ]
     if blank_context:
         problems.append(f"rows {blank_context[:10]} have an empty 'context' (there is nothing to compress)")
-    empty = [i for i, answers in enumerate(dataset["answers"]) if not answers]
+    empty = [i for i, answers in enumerate(columns["answers"]) if not answers]
     if empty:
         problems.append(f"rows {empty[:10]} have an empty 'answers' list")
     # An empty answer is found in every prediction by the substring metrics (string_match_*): it would score 100.
     blank = [
         i
-        for i, answers in enumerate(dataset["answers"])
+        for i, answers in enumerate(columns["answers"])
         if answers and any(answer is None or not answer.strip() for answer in answers)
     ]
     if blank:
