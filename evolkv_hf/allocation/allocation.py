@@ -98,6 +98,11 @@ def _str_dict(name: str, value: object) -> dict[str, Any]:
     return dict(value)
 
 
+def _can_plot() -> bool:
+    """Whether matplotlib is installed, so that ``budgets.png`` is written and the model card shows it."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 @dataclass(frozen=True)
 class BudgetAllocation(
     ModelHubMixin,
@@ -510,7 +515,7 @@ class BudgetAllocation(
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``budgets.png`` (when matplotlib is installed) and ``allocation.json`` atomically."""
         plot_path = save_directory / PLOT_FILE
-        if importlib.util.find_spec("matplotlib") is not None:
+        if _can_plot():
             buffer = io.BytesIO()
             self.plot().savefig(buffer, format="png", dpi=100, metadata={"Software": None})
             atomic_write(plot_path, buffer.getvalue())
@@ -570,19 +575,20 @@ class BudgetAllocation(
             raise NotADirectoryError(f"{directory} exists and is not a directory.")
         card_kwargs = dict(model_card_kwargs or {})
         card_kwargs.setdefault("repo_id", repo_id)
+        card_kwargs.setdefault("has_plot", _can_plot())  # _save_pretrained writes budgets.png exactly then
+        card = str(self.generate_model_card(**card_kwargs)).encode("utf-8")
         if not overwrite:
-            self._check_no_conflict(directory, card_kwargs)
+            self._check_no_conflict(directory, card)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(directory)
-        card_kwargs.setdefault("has_plot", (directory / PLOT_FILE).is_file())
-        atomic_write(directory / _CARD_FILE, str(self.generate_model_card(**card_kwargs)).encode("utf-8"))
+        atomic_write(directory / _CARD_FILE, card)
         if push_to_hub:
             return self.push_to_hub(
                 repo_id or directory.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
             )
         return None
 
-    def _check_no_conflict(self, directory: Path, card_kwargs: dict[str, Any]) -> None:
+    def _check_no_conflict(self, directory: Path, card: bytes) -> None:
         if not directory.is_dir():
             return
         existing = directory / ALLOCATION_FILE
@@ -598,15 +604,12 @@ class BudgetAllocation(
                 )
             # The same allocation: saving again may only rewrite files it would write identically. A model card
             # edited by hand (or written for another repo id) is not replaced without overwrite=True.
-            card = directory / _CARD_FILE
-            if card.is_file():
-                has_plot = importlib.util.find_spec("matplotlib") is not None  # as _save_pretrained decides
-                wanted = str(self.generate_model_card(**{"has_plot": has_plot, **card_kwargs}))
-                if card.read_bytes() != wanted.encode("utf-8"):
-                    raise FileExistsError(
-                        f"{card} differs from the model card this save would write (edited by hand, or written "
-                        "for another repo id). Pass overwrite=True to replace it, or choose another directory."
-                    )
+            existing_card = directory / _CARD_FILE
+            if existing_card.is_file() and existing_card.read_bytes() != card:
+                raise FileExistsError(
+                    f"{existing_card} differs from the model card this save would write (edited by hand, or "
+                    "written for another repo id). Pass overwrite=True to replace it, or choose another directory."
+                )
             return
         foreign = [name for name in _OWN_FILES if (directory / name).exists()]
         if foreign:
