@@ -294,9 +294,60 @@ def test_rescale_keeps_provenance_and_expands_proportionally() -> None:
     expanded = alloc.rescale(2 * alloc.mean)
     assert expanded.budgets == [2 * b for b in alloc.budgets]
     assert expanded.target_mean_budget == 2 * alloc.mean
-    unchanged = {f.name for f in dataclasses.fields(alloc)} - {"budgets", "target_mean_budget"}
-    for name in unchanged:
+    moved = {"budgets", "target_mean_budget", "metric_value", "scores", "extra", "created_at"}
+    for name in {f.name for f in dataclasses.fields(alloc)} - moved:
         assert getattr(expanded, name) == getattr(alloc, name), name
+
+
+@pytest.mark.parametrize("mean_budget", [2**31, 1e300, 10**5000], ids=["2**31", "1e300", "10**5000"])
+def test_rescale_to_a_huge_target_names_the_target(mean_budget: float) -> None:
+    # Regression: the error named a layer's budget (or Python's int-to-str limit), not the target.
+    with pytest.raises(ValueError, match=r"mean_budget=.* is larger than the maximum budget"):
+        BudgetAllocation(budgets=[8, 16]).rescale(mean_budget)
+
+
+def test_huge_budget_error_is_readable() -> None:
+    with pytest.raises(ValueError, match=r"budgets\[0\] = <a 16610-bit integer> is larger than the maximum"):
+        BudgetAllocation(budgets=[10**5000])
+
+
+def test_extra_is_stored_in_its_json_form(tmp_path: Path) -> None:
+    # Regression: a tuple in extra came back from save/load as a list, so the two allocations differed.
+    alloc = BudgetAllocation(budgets=[8, 16], extra={"pair": (1, 2), "nested": {"t": ("a",)}})
+    assert alloc.extra == {"pair": [1, 2], "nested": {"t": ["a"]}}
+    alloc.save_pretrained(tmp_path)
+    assert BudgetAllocation.from_pretrained(tmp_path) == alloc
+
+
+def test_rescale_moves_the_old_scores_out_of_the_way(tmp_path: Path) -> None:
+    # Regression: a rescaled allocation kept metric_value and scores, so its card showed the scores measured at
+    # mean 121 under "Target mean budget 243" as if measured there.
+    alloc = full_allocation()
+    expanded = alloc.rescale(2 * alloc.mean)
+    assert expanded.metric_value is None and expanded.scores == {}
+    assert expanded.created_at != alloc.created_at
+    origin = expanded.extra["rescaled_from"]
+    assert origin == {
+        "mean_budget": alloc.mean,
+        "target_mean_budget": alloc.target_mean_budget,
+        "metric_name": "digit_accuracy",
+        "metric_value": 0.583,
+        "scores": alloc.scores,
+        "created_at": alloc.created_at,
+    }
+    assert {k: v for k, v in expanded.extra.items() if k != "rescaled_from"} == alloc.extra
+    # Rescaling again keeps the first origin (where the scores were measured); a round trip keeps it all.
+    assert expanded.rescale(alloc.mean * 3).extra["rescaled_from"] == origin
+    expanded.save_pretrained(tmp_path)
+    assert BudgetAllocation.from_pretrained(tmp_path) == expanded
+    card = (tmp_path / "README.md").read_text()
+    scores = card.split("## Scores")[1].split("##")[0]
+    assert "No scores were recorded" in scores and "0.583" not in scores
+    assert "## Rescaled from" in card and "| Score: digit_accuracy | 0.583 |" in card
+    assert "| Score: pyramid | 0.31 |" in card and "rescaled_from" not in card
+    # Budgets already at the target: nothing to move, the scores still describe them.
+    same = alloc.rescale(alloc.mean)
+    assert same.budgets == alloc.budgets and same.scores == alloc.scores and same.metric_value == 0.583
 
 
 def test_rescale_clear_errors() -> None:
@@ -462,6 +513,23 @@ def test_invalid_files_are_rejected(
     with pytest.raises(error, match=match) as info:
         BudgetAllocation.from_pretrained(tmp_path)
     assert str(tmp_path) in str(info.value)  # says which file
+
+
+@pytest.mark.parametrize(
+    "newer",
+    [
+        {"budgets": {"layers": [1, 2]}},  # a reshaped field
+        {"layer_budgets": [1, 2]},  # a renamed field
+        {"budgets": [1, 2], "pooling": "snapkv-v2"},  # a new value
+    ],
+)
+def test_newer_format_is_refused_before_its_fields_are_read(newer: dict[str, Any]) -> None:
+    # Regression: the version was checked last, so a newer file failed on whichever field had changed.
+    data = {"format_version": FORMAT_VERSION + 1, **newer}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even the "unknown fields" warning comes first
+        with pytest.raises(ValueError, match="pip install -U evolkv-hf"):
+            BudgetAllocation.from_dict(data)
 
 
 def test_missing_required_keys(tmp_path: Path) -> None:

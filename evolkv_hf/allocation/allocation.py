@@ -25,7 +25,7 @@ from .._validation import POOLINGS, check_positive_int
 from ..versions import package_versions
 from .arithmetic import distribute, pyramid_weights, resolve_floor, target_total
 from .hub import ALLOCATION_FILE, AllocationPushError, atomic_write, locate_allocation_file, read_json_file
-from .model_card import PAPER_URL, PLOT_FILE, looks_like_repo_id, render_model_card
+from .model_card import PAPER_URL, PLOT_FILE, RESCALED_FROM, looks_like_repo_id, render_model_card
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,6 +41,24 @@ POOLING_CHOICES = POOLINGS
 _POOLING_ALIASES = {"avgpool": "avg", "maxpool": "max"}  # SnapKV spelling
 _CARD_FILE = "README.md"
 _OWN_FILES = (ALLOCATION_FILE, _CARD_FILE, PLOT_FILE)
+
+
+def _check_format_version(value: object) -> int:
+    """Return the format version, refusing one newer than this release reads (with how to upgrade)."""
+    version = check_positive_int("format_version", value)
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"This allocation uses format version {version}, but this evolkv_hf release reads up to version "
+            f"{FORMAT_VERSION}. Upgrade with `pip install -U evolkv-hf`."
+        )
+    return version
+
+
+def _show_number(value: object) -> str:
+    """``value`` for an error message; a huge integer (which ``str`` refuses past 4300 digits) by its size."""
+    if isinstance(value, numbers.Integral) and abs(int(value)).bit_length() > 64:
+        return f"<a {abs(int(value)).bit_length()}-bit integer>"
+    return f"{value!r}" if isinstance(value, float) else f"{value}"
 
 
 def _utc_now() -> str:
@@ -216,6 +234,8 @@ class BudgetAllocation(
         return object.__new__(cls)
 
     def __post_init__(self) -> None:
+        # First: a file from a newer release may change any other field, and "upgrade" is the useful answer.
+        _check_format_version(self.format_version)
         budgets = self.budgets
         # A 1-d numpy array or torch tensor becomes a list (of plain ints when its dtype is an integer one).
         if getattr(budgets, "ndim", None) == 1 and hasattr(budgets, "tolist"):
@@ -241,7 +261,7 @@ class BudgetAllocation(
                 )
             if budget > MAX_TOKENS:
                 raise ValueError(
-                    f"budgets[{i}] = {budget} is larger than the maximum of {MAX_TOKENS} tokens."
+                    f"budgets[{i}] = {_show_number(budget)} is larger than the maximum of {MAX_TOKENS} tokens."
                 )
             clean.append(int(budget))
         set_ = object.__setattr__
@@ -293,7 +313,8 @@ class BudgetAllocation(
         set_(self, "search_sigma0", _opt_float("search_sigma0", self.search_sigma0, minimum=0, strict=True))
         extra = _str_dict("extra", self.extra)
         try:
-            json.dumps(extra, allow_nan=False)
+            # Stored as its JSON form (tuples become lists), so a saved and reloaded allocation compares equal.
+            extra = json.loads(json.dumps(extra, allow_nan=False))
         except (TypeError, ValueError) as err:
             raise TypeError(
                 f"extra must be JSON-serialisable (finite numbers, str, list, dict): {err}"
@@ -303,12 +324,6 @@ class BudgetAllocation(
         if not all(isinstance(value, str) for value in versions.values()):
             raise TypeError(f"package_versions values must be strings, got {versions!r}.")
         set_(self, "package_versions", versions)
-        version = check_positive_int("format_version", self.format_version)
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"This allocation uses format version {version}, but this evolkv_hf release reads up to version "
-                f"{FORMAT_VERSION}. Upgrade with `pip install -U evolkv-hf`."
-            )
 
     # -- constructors ----------------------------------------------------------------------------------------
     @classmethod
@@ -439,7 +454,11 @@ class BudgetAllocation(
         Returns
         -------
         BudgetAllocation
-            A new allocation; provenance kept, ``target_mean_budget`` set to ``mean_budget``.
+            A new allocation with ``target_mean_budget`` set to ``mean_budget`` and the search provenance kept.
+            When the budgets change, the scores measured at the old ones (``metric_value``, ``scores``) move to
+            ``extra["rescaled_from"]`` with the old mean, target and ``created_at`` (the first origin is kept
+            through repeated rescaling), and ``created_at`` is now: the model card then never shows old scores
+            as if measured at the new budgets.
 
         Raises
         ------
@@ -447,9 +466,34 @@ class BudgetAllocation(
             If the target is infeasible: below ``floor`` or above ``cap`` on average, or under 1 token per layer.
         """
         total = target_total(mean_budget, self.num_layers)
+        if total > MAX_TOKENS * self.num_layers:
+            raise ValueError(
+                f"mean_budget={_show_number(mean_budget)} is larger than the maximum budget of {MAX_TOKENS} tokens "
+                "per layer."
+            )
         floor_value = resolve_floor(floor, self.window_size, total, self.num_layers)
         budgets = distribute(self.budgets, total, floor=floor_value, cap=cap)
-        return dataclasses.replace(self, budgets=budgets, target_mean_budget=float(mean_budget))
+        if budgets == self.budgets:
+            return dataclasses.replace(self, target_mean_budget=float(mean_budget))
+        origin = self.extra.get(RESCALED_FROM)
+        if origin is None:
+            origin = {
+                "mean_budget": self.mean,
+                "target_mean_budget": self.target_mean_budget,
+                "metric_name": self.metric_name,
+                "metric_value": self.metric_value,
+                "scores": dict(self.scores),
+                "created_at": self.created_at,
+            }
+        return dataclasses.replace(
+            self,
+            budgets=budgets,
+            target_mean_budget=float(mean_budget),
+            metric_value=None,
+            scores={},
+            extra={**self.extra, RESCALED_FROM: origin},
+            created_at=_utc_now(),
+        )
 
     def compression_ratio(self, context_length: int) -> float:
         """Fraction of the prompt's KV cache evicted for a ``context_length``-token prompt (kvpress convention).
@@ -491,6 +535,7 @@ class BudgetAllocation(
             raise TypeError(f"An allocation must be a dict of fields, got {type(data).__name__}.")
         if "format_version" not in data:
             raise ValueError("Missing 'format_version': this is not an evolkv_hf allocation.")
+        _check_format_version(data["format_version"])  # before the rest: a newer layout may reshape any field
         if "budgets" not in data:
             raise ValueError("Missing 'budgets': an allocation needs one budget per decoder layer.")
         names = {f.name for f in dataclasses.fields(cls)}

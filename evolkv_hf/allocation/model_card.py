@@ -17,6 +17,8 @@ __all__ = ["looks_like_repo_id", "render_model_card"]
 
 PAPER_URL = "https://arxiv.org/abs/2509.08315"
 PLOT_FILE = "budgets.png"
+RESCALED_FROM = "rescaled_from"
+"""Key of ``extra`` under which :meth:`BudgetAllocation.rescale` keeps the scores measured before rescaling."""
 _PLACEHOLDER_REPO = "<namespace>/<this-repo>"
 
 _CITATION = (
@@ -95,9 +97,10 @@ def render_model_card(
         ("Pooling", a.pooling),
         ("Selection policy", a.policy),
         ("Task / dataset", a.task),
+        ("Metric optimised", a.metric_name),
     ]
     scores: list[tuple[str, object]] = []
-    if a.metric_name is not None or a.metric_value is not None:
+    if a.metric_value is not None:
         scores.append((a.metric_name or "metric", a.metric_value))
     scores += sorted(a.scores.items())
     search = [
@@ -133,10 +136,16 @@ def render_model_card(
         sections.append("## Scores\n\n" + _table(("Metric", "Value"), scores))
     else:
         sections.append("## Scores\n\nNo scores were recorded with this allocation.")
+    origin = a.extra.get(RESCALED_FROM)
+    if isinstance(origin, dict):
+        sections.append(_rescaled_from_section(origin))
     if any(value is not None for _, value in search):
         sections.append("## Search settings\n\n" + _table(("Setting", "Value"), search))
-    if a.extra:
-        sections.append("## Extra provenance\n\n" + _table(("Key", "Value"), sorted(a.extra.items())))
+    extra = sorted(
+        item for item in a.extra.items() if not (item[0] == RESCALED_FROM and isinstance(origin, dict))
+    )
+    if extra:
+        sections.append("## Extra provenance\n\n" + _table(("Key", "Value"), extra))
     budgets_section = "## Per-layer budgets\n\n"
     if has_plot:
         budgets_section += f"![Per-layer budgets]({PLOT_FILE})\n\n"
@@ -150,3 +159,23 @@ def render_model_card(
     sections.append("## Citation\n\n" + _CITATION)
     body = "\n\n".join(sections)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def _rescaled_from_section(origin: dict[str, object]) -> str:
+    """Where a rescaled allocation came from, and the scores measured there (not at these budgets)."""
+    rows: list[tuple[str, object]] = [
+        ("Mean budget", origin.get("mean_budget")),
+        ("Target mean budget", origin.get("target_mean_budget")),
+        ("Created (UTC)", origin.get("created_at")),
+    ]
+    metric = origin.get("metric_name") or "metric"
+    if origin.get("metric_value") is not None:
+        rows.append((f"Score: {metric}", origin["metric_value"]))
+    scores = origin.get("scores")
+    if isinstance(scores, dict):
+        rows += [(f"Score: {key}", value) for key, value in sorted(scores.items())]
+    return (
+        "## Rescaled from\n\nThese budgets are another allocation rescaled proportionally "
+        "(`BudgetAllocation.rescale`); its scores were measured at its own budgets, not at these.\n\n"
+        + _table(("Field", "Value"), rows)
+    )
