@@ -214,6 +214,29 @@ def test_kept_positions_are_topk_of_independent_window_attention():
         assert kept[..., budget - window :].tolist() == [[list(range(PROMPT - window, PROMPT))] * 2] * 2
 
 
+def test_layer_index_errors_name_the_range():
+    # Regression: an index past the last layer was reported as "not compressed by this cache" (misleading: on
+    # Gemma that names a sliding layer), a too-negative one raised a bare IndexError, and True meant layer 1.
+    model = tiny_model("llama")  # 3 decoder layers
+    cache = EvolKVCache(model, 12, window_size=4)
+    assert cache.kept_positions(0) is None  # before the prefill
+    with torch.no_grad():
+        model(**random_batch(1, PROMPT, [0]), **{CACHE_KWARG: cache})
+    assert torch.equal(cache.kept_positions(-1), cache.kept_positions(2))  # negative counts from the end
+    for bad in (3, -4):
+        with pytest.raises(
+            IndexError, match=rf"layer_idx {bad} is out of range: the model has 3 decoder layers"
+        ):
+            cache.kept_positions(bad)
+        with pytest.raises(IndexError, match="out of range"):
+            cache.compressing_layer(bad)
+    for bad in (True, None, 1.0):
+        with pytest.raises(TypeError, match="layer_idx must be an int"):
+            cache.kept_positions(bad)
+    cache.reset()
+    assert cache.kept_positions(0) is None
+
+
 def test_stored_lengths_memory_and_no_full_length_tensor():
     model = tiny_model("llama")
     budgets = [8, 25, 100]

@@ -190,9 +190,26 @@ class EvolKVCache(Cache):
 
     # ------------------------------------------------------------------ introspection
     def compressing_layer(self, layer_idx: int) -> EvolKVLayer | None:
-        """The layer at ``layer_idx`` if this cache compresses it, else ``None``."""
+        """The layer at ``layer_idx`` if this cache compresses it, else ``None`` (e.g. a Gemma sliding layer).
+
+        ``layer_idx`` counts decoder layers from 0; negative values count from the end, as for a list. An index
+        outside the model's layers raises ``IndexError``.
+        """
+        return self._compressing_layer(self._check_layer_idx(layer_idx))
+
+    def _compressing_layer(self, layer_idx: int) -> EvolKVLayer | None:
         layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
         return layer if isinstance(layer, EvolKVLayer) else None
+
+    def _check_layer_idx(self, layer_idx: object) -> int:
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, numbers.Integral):
+            raise TypeError(f"layer_idx must be an int, got {type(layer_idx).__name__} {layer_idx!r}.")
+        index, count = int(layer_idx), len(self.layers)
+        if not -count <= index < count:
+            raise IndexError(
+                f"layer_idx {index} is out of range: the model has {count} decoder layers (0 to {count - 1})."
+            )
+        return index % count
 
     def stored_lengths(self) -> list[int]:
         """Entries held per KV head, for every layer (sliding layers report what they hold)."""
@@ -208,10 +225,17 @@ class EvolKVCache(Cache):
         return lengths
 
     def kept_positions(self, layer_idx: int) -> torch.Tensor | None:
-        """Original token positions held by a compressed layer, ``(batch, num_kv_heads, stored)``."""
+        """Original token positions held by a compressed layer, ``(batch, num_kv_heads, stored)``.
+
+        ``None`` before the prefill and after :meth:`reset`. Raises ``ValueError`` for a layer this cache leaves
+        to the model (a sliding-window layer) and ``IndexError`` for an index outside the model's layers.
+        """
         layer = self.compressing_layer(layer_idx)
         if layer is None:
-            raise ValueError(f"Layer {layer_idx} is not compressed by this cache.")
+            raise ValueError(
+                f"Layer {layer_idx} is not compressed by this cache (a sliding-window layer keeps the model's own "
+                "cache); see compressing_layer()."
+            )
         return layer.kept_positions()
 
     def memory_bytes(self) -> int:

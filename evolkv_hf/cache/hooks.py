@@ -189,7 +189,7 @@ def _make_attention_pre_hook(
         if cache is None:
             return None
         layer_idx: int = module.layer_idx  # type: ignore[assignment]
-        layer = cache.compressing_layer(layer_idx)
+        layer = cache._compressing_layer(layer_idx)
         if layer is None:
             return None
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
