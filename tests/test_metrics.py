@@ -294,3 +294,21 @@ def test_evaluate_metrics_with_one_reference_string_per_sample():
     assert per_sample_scores(metric, ["a", "b"], [["a"], "c"]) == [100.0, 0.0]
     with pytest.raises(ValueError, match=r"one reference string per sample, but sample\(s\) \[1\] have 2"):
         compute_metric(metric, ["a", "b"], [["a"], ["b", "c"]])
+    # Regression: per_sample_scores scored one sample at a time, so this error always named sample [0].
+    with pytest.raises(ValueError, match=r"sample\(s\) \[1\] have 2"):
+        per_sample_scores(metric, ["a", "b"], [["a"], ["b", "c"]])
+
+
+def test_per_sample_scores_names_the_failing_sample():
+    """Regression: an error while scoring one sample did not say which sample it was."""
+    from evolkv_hf.metrics import per_sample_scores
+
+    def picky(predictions, references):
+        if predictions == ["bad"]:
+            raise ValueError("cannot parse the answer")
+        return {"score": 1.0}
+
+    with pytest.raises(ValueError, match="Scoring sample 2: cannot parse the answer"):
+        per_sample_scores(picky, ["ok", "ok", "bad"], [["x"]] * 3)
+    with pytest.raises(TypeError, match=r"Scoring sample 1: .*empty dict"):
+        per_sample_scores(lambda p, r: {} if p == ["none"] else {"a": 1.0}, ["x", "none"], [["x"]] * 2)

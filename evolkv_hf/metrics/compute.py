@@ -208,9 +208,22 @@ def per_sample_scores(
     score_samples = getattr(module, "score_samples", None)
     if callable(score_samples) and key in (None, getattr(module, "name", None)):
         return [float(s) for s in score_samples(predictions, refs, **kwargs)]
+    if isinstance(module, (evaluate.EvaluationModule, evaluate.CombinedEvaluations)) and _takes_one_reference(
+        module
+    ):
+        _single_references(
+            module, refs
+        )  # names the samples' indices here, not position 0 of a one-sample call
     scores = []
-    for prediction, sample_refs in zip(predictions, refs, strict=True):
-        result = compute_metric(module, [prediction], [sample_refs], **kwargs)
+    for i, (prediction, sample_refs) in enumerate(zip(predictions, refs, strict=True)):
+        try:
+            result = compute_metric(module, [prediction], [sample_refs], **kwargs)
+        except Exception as err:
+            if type(err) in (TypeError, ValueError):  # ours and the usual metric errors: say which sample
+                raise type(err)(f"Scoring sample {i}: {err}") from err
+            if hasattr(err, "add_note"):  # Python 3.11+
+                err.add_note(f"(while scoring sample {i})")
+            raise
         if key is None:
             if len(result) != 1:
                 raise ValueError(
