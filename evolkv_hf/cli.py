@@ -1,9 +1,9 @@
-"""The ``evolkv`` command line: ``evaluate``, ``show``, ``push``, ``generate``.
+"""The ``evolkv`` command line: ``evaluate``, ``show``, ``push``, ``generate``, ``search``.
 
 One function per subcommand registers its parser (``add_<name>_parser(subparsers)``) and sets
 ``func`` to the function that runs it; :data:`COMMANDS` maps names to those functions. To add a
-subcommand (e.g. ``evolkv search``), write ``add_search_parser(subparsers)`` in its own module, reusing
-:func:`add_model_arguments` and :func:`load_model_from_args`, and add one entry to :data:`COMMANDS`.
+subcommand, write its ``add_<name>_parser(subparsers)``, reusing :func:`add_model_arguments` and
+:func:`load_model_from_args`, and add one entry to :data:`COMMANDS`.
 
 Exit codes: 0 success, 1 user error (one line on stderr; ``--debug`` shows the traceback),
 2 usage error (argparse), 130 interrupted.
@@ -234,6 +234,9 @@ def add_evaluate_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     run.add_argument(
         "--metric", metavar="NAME|PATH", help="metric name or local evaluate script (default: the task's)"
     )
+    run.add_argument(
+        "--metric-key", metavar="KEY", help="score to report when the metric returns several (e.g. f1)"
+    )
     run.add_argument("--batch-size", type=_positive_int, default=1, help="(default: 1)")
     run.add_argument("--window-size", type=_positive_int, default=32, help="observation window (default: 32)")
     run.add_argument("--kernel-size", type=_positive_int, default=7, help="pooling kernel (default: 7)")
@@ -313,6 +316,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.methods,
         args.budgets,
         metric=args.metric,
+        metric_key=args.metric_key,
         output_dir=args.output_dir,
         model_name=model_name,
         model_revision=args.revision,
@@ -557,10 +561,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Entry point
-# --------------------------------------------------------------------------------------------------
-
-# --------------------------------------------------------------------------------------------------
 # evolkv search
 # --------------------------------------------------------------------------------------------------
 
@@ -750,6 +750,10 @@ def run_search(args: argparse.Namespace) -> int:
             print(f"{name}: {value:.2f}")
     return 0
 
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, Callable[[SubParsers], argparse.ArgumentParser]] = {
     "evaluate": add_evaluate_parser,

@@ -446,7 +446,7 @@ def resolve_metric(metric: Any, task: str) -> tuple[Any, str]:
 
     Example
     -------
-    >>> metric, name = resolve_metric("string_match_all", "needle")  # doctest: +SKIP
+    >>> metric, name = resolve_metric("string_match_all", "niah_single")  # doctest: +SKIP
     """
     from .metrics import resolve_metric as resolve
 
@@ -475,7 +475,8 @@ def _check_metric(metric: Any, name: str, key: str | None) -> str | None:
         raise ValueError(f"metric_key {key!r} is not among the scores of {name!r}: {sorted(result)}.")
     if key is None and len(result) > 1:
         raise ValueError(
-            f"The metric {name!r} returns several scores {sorted(result)}; pass metric_key= to choose one."
+            f"The metric {name!r} returns several scores {sorted(result)}; pass metric_key= (`--metric-key` on the "
+            "command line) to choose one."
         )
     return key
 
@@ -697,7 +698,7 @@ def evaluate_methods(
     >>> from evolkv_hf.evaluation import evaluate_methods
     >>> from evolkv_hf.tasks import load_task
     >>> model, tokenizer = load_demo_model()  # doctest: +SKIP
-    >>> dataset = load_task("needle", tokenizer, context_length=2048, num_samples=12)  # doctest: +SKIP
+    >>> dataset = load_task("niah_single", tokenizer, context_length=2048, num_samples=12)  # doctest: +SKIP
     >>> report = evaluate_methods(
     ...     model,
     ...     tokenizer,

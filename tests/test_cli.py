@@ -128,6 +128,51 @@ def test_evaluate_end_to_end_on_a_saved_tiny_model(
     assert "Unknown method 'snapkv'" in capsys.readouterr().err
 
 
+_TWO_SCORES_METRIC = """
+import datasets
+import evaluate
+
+
+class TwoScores(evaluate.Metric):
+    def _info(self):
+        features = datasets.Features(
+            {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+        )
+        return evaluate.MetricInfo(description="", citation="", inputs_description="", features=features)
+
+    def _compute(self, predictions, references):
+        return {"always_one": 1.0, "answer_length": sum(map(len, predictions)) / len(predictions)}
+"""
+
+
+def test_evaluate_metric_key_picks_one_of_several_scores(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: a metric returning several scores needed metric_key=, which the command line could not pass.
+    import datasets
+
+    data = tmp_path / "data.jsonl"
+    datasets.Dataset.from_list(tiny_rows(2)).to_json(data)
+    script = tmp_path / "two_scores" / "two_scores.py"
+    script.parent.mkdir()
+    script.write_text(_TWO_SCORES_METRIC)
+    argv = [
+        "evaluate", "--model", str(tiny_checkpoint), "--dataset", str(data), "--methods", "uniform",
+        "--budgets", "16", "--window-size", "8", "--metric", str(script), "--n-bootstrap", "10",
+        "--output-dir", str(tmp_path / "results"), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 1
+    assert "--metric-key" in capsys.readouterr().err
+    assert main([*argv, "--metric-key", "always_one"]) == 0
+    assert "uniform | 1.0 [1.0, 1.0]" in capsys.readouterr().out
+    config = json.loads(
+        (
+            tmp_path / "results" / f"niah_single__{tiny_checkpoint.name}__uniform__16" / "config.json"
+        ).read_text()
+    )
+    assert config["metric_key"] == "always_one"
+
+
 def test_generate_prints_answer_and_memory(
     tiny_checkpoint: Path, allocation_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
