@@ -6,7 +6,7 @@ allocation against uniform and pyramid budgets on held-out samples, and the save
 
 How long it takes here (2 CPU cores, bfloat16, defaults): about 2 minutes. It uses the search settings of
 ``python -m evolkv_hf.demo``, whose whole run (model load, one prompt twice, this search and a held-out
-comparison) took 1 min 55 s.
+comparison) took 1 min 55 s to 2 min 22 s.
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 .venv/bin/python examples/learn_allocation.py
 """

@@ -3,7 +3,7 @@
 What it shows: loading a saved allocation, checking its provenance, and pushing ``allocation.json``,
 the ``README.md`` model card and ``budgets.png`` to a Hub model repository (JSON only, never a pickle);
 anyone then uses it with ``EvolKVCache.from_pretrained("<repo>", model)``. Needs network access to the Hub
-and a token with write access (``HF_TOKEN`` or ``huggingface-cli login``); ``--endpoint`` points at another
+and a token with write access (``HF_TOKEN`` or ``hf auth login``); ``--endpoint`` points at another
 Hub-compatible server.
 
 How long it takes: three small files; not timed here (no Hub access from this machine).

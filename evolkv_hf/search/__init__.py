@@ -2,12 +2,14 @@
 
 from .arguments import SearchArguments
 from .callbacks import SearchCallback, SearchControl, SearchState
+from .checkpoint import CheckpointError
 from .engine import CacheOptions, PlainEngine, PrefillOnceEngine
 from .searcher import BudgetSearcher, SearchResult
 
 __all__ = [
     "BudgetSearcher",
     "CacheOptions",
+    "CheckpointError",
     "PlainEngine",
     "PrefillOnceEngine",
     "SearchArguments",
