@@ -528,6 +528,13 @@ def _dataset_fingerprint(dataset: Any) -> str:
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     clean = {key: value for key, value in config.items() if key not in _VOLATILE_CONFIG_KEYS}
+    allocation = clean.get("allocation")
+    if isinstance(
+        allocation, dict
+    ):  # rescale() stamps a new created_at each call; the budgets are what counts
+        clean["allocation"] = {
+            key: value for key, value in allocation.items() if key not in _VOLATILE_CONFIG_KEYS
+        }
     return json.loads(json.dumps(clean, sort_keys=True, default=str))
 
 

@@ -350,6 +350,20 @@ def test_rescale_moves_the_old_scores_out_of_the_way(tmp_path: Path) -> None:
     assert same.budgets == alloc.budgets and same.scores == alloc.scores and same.metric_value == 0.583
 
 
+def test_rescale_never_drops_scores() -> None:
+    # Scores measured after a rescale move on the next one, with the earlier origin kept inside.
+    first = full_allocation().rescale(200)
+    remeasured = dataclasses.replace(first, metric_value=0.9, scores={"eval_uniform": 0.4})
+    again = remeasured.rescale(300).extra["rescaled_from"]
+    assert again["metric_value"] == 0.9 and again["scores"] == {"eval_uniform": 0.4}
+    assert again["mean_budget"] == 200 and again["rescaled_from"] == first.extra["rescaled_from"]
+    # A user's own value under the key is kept too; an allocation without scores gets no origin record.
+    own = BudgetAllocation(budgets=[64, 32], metric_value=0.5, extra={"rescaled_from": "run 7 of a sweep"})
+    origin = own.rescale(96).extra["rescaled_from"]
+    assert origin["metric_value"] == 0.5 and origin["rescaled_from"] == "run 7 of a sweep"
+    assert BudgetAllocation.pyramid(4, 64).rescale(128).extra == {}
+
+
 def test_rescale_clear_errors() -> None:
     alloc = BudgetAllocation(budgets=[100, 50, 10])
     with pytest.raises(ValueError, match="below the per-layer floor of 16"):

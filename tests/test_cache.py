@@ -223,6 +223,7 @@ def test_layer_index_errors_name_the_range():
     with torch.no_grad():
         model(**random_batch(1, PROMPT, [0]), **{CACHE_KWARG: cache})
     assert torch.equal(cache.kept_positions(-1), cache.kept_positions(2))  # negative counts from the end
+    assert torch.equal(cache.kept_positions(torch.tensor(1)), cache.kept_positions(1))  # 0-d integer tensor
     for bad in (3, -4):
         with pytest.raises(
             IndexError, match=rf"layer_idx {bad} is out of range: the model has 3 decoder layers"

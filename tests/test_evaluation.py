@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,21 @@ def test_all_methods_two_budgets_then_skip(
     assert [(r.method, r.budget, r.score, r.ci_low) for r in again.rows] == [
         (r.method, r.budget, r.score, r.ci_low) for r in report.rows
     ]
+
+
+def test_rerun_with_a_freshly_rescaled_allocation_reuses_its_runs(
+    setup: tuple[Any, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: rescale() stamps a new created_at on each call, and the run's config compared it, so a
+    # script passing `learned.rescale(b)` refused its own finished runs on a rerun.
+    model, tokenizer, dataset = setup
+    learned = BudgetAllocation(budgets=[40, 20, 12], window_size=8, kernel_size=3, metric_value=50.0)
+    kwargs: dict[str, Any] = {"output_dir": tmp_path, "metric": "string_match_part", **SMALL}
+    evaluate_methods(model, tokenizer, dataset, {"learned": learned.rescale(24)}, [16], **kwargs)
+    later = dataclasses.replace(learned.rescale(24), created_at="2099-01-01T00:00:00+00:00")
+    _forbid_generation(monkeypatch)
+    again = evaluate_methods(model, tokenizer, dataset, {"learned": later}, [16], **kwargs)
+    assert again.row("learned", 16).reused
 
 
 def test_partial_run_is_redone_and_changed_config_refused(

@@ -455,10 +455,10 @@ class BudgetAllocation(
         -------
         BudgetAllocation
             A new allocation with ``target_mean_budget`` set to ``mean_budget`` and the search provenance kept.
-            When the budgets change, the scores measured at the old ones (``metric_value``, ``scores``) move to
-            ``extra["rescaled_from"]`` with the old mean, target and ``created_at`` (the first origin is kept
-            through repeated rescaling), and ``created_at`` is now: the model card then never shows old scores
-            as if measured at the new budgets.
+            When the budgets change, ``created_at`` is now, and scores measured at the old budgets
+            (``metric_value``, ``scores``) move to ``extra["rescaled_from"]`` with the old mean, target and
+            ``created_at`` (an earlier ``rescaled_from`` is kept inside the new one): the model card then never
+            shows old scores as if measured at the new budgets.
 
         Raises
         ------
@@ -475,9 +475,9 @@ class BudgetAllocation(
         budgets = distribute(self.budgets, total, floor=floor_value, cap=cap)
         if budgets == self.budgets:
             return dataclasses.replace(self, target_mean_budget=float(mean_budget))
-        origin = self.extra.get(RESCALED_FROM)
-        if origin is None:
-            origin = {
+        extra = dict(self.extra)
+        if self.metric_value is not None or self.scores:
+            origin: dict[str, Any] = {
                 "mean_budget": self.mean,
                 "target_mean_budget": self.target_mean_budget,
                 "metric_name": self.metric_name,
@@ -485,13 +485,16 @@ class BudgetAllocation(
                 "scores": dict(self.scores),
                 "created_at": self.created_at,
             }
+            if RESCALED_FROM in extra:  # an earlier origin (or a value of the user's): kept, one level down
+                origin[RESCALED_FROM] = extra[RESCALED_FROM]
+            extra[RESCALED_FROM] = origin
         return dataclasses.replace(
             self,
             budgets=budgets,
             target_mean_budget=float(mean_budget),
             metric_value=None,
             scores={},
-            extra={**self.extra, RESCALED_FROM: origin},
+            extra=extra,
             created_at=_utc_now(),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 import os
 import warnings
 from collections.abc import Sequence
@@ -201,10 +202,16 @@ class EvolKVCache(Cache):
         layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
         return layer if isinstance(layer, EvolKVLayer) else None
 
-    def _check_layer_idx(self, layer_idx: object) -> int:
-        if isinstance(layer_idx, bool) or not isinstance(layer_idx, numbers.Integral):
-            raise TypeError(f"layer_idx must be an int, got {type(layer_idx).__name__} {layer_idx!r}.")
-        index, count = int(layer_idx), len(self.layers)
+    def _check_layer_idx(self, layer_idx: Any) -> int:
+        try:
+            if isinstance(layer_idx, bool):
+                raise TypeError
+            index = operator.index(layer_idx)  # ints, numpy integers, 0-d integer tensors
+        except TypeError:
+            raise TypeError(
+                f"layer_idx must be an int, got {type(layer_idx).__name__} {layer_idx!r}."
+            ) from None
+        count = len(self.layers)
         if not -count <= index < count:
             raise IndexError(
                 f"layer_idx {index} is out of range: the model has {count} decoder layers (0 to {count - 1})."
