@@ -529,9 +529,8 @@ def _dataset_fingerprint(dataset: Any) -> str:
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     clean = {key: value for key, value in config.items() if key not in _VOLATILE_CONFIG_KEYS}
     allocation = clean.get("allocation")
-    if isinstance(
-        allocation, dict
-    ):  # rescale() stamps a new created_at each call; the budgets are what counts
+    # rescale() stamps a new created_at on each call; the allocation's budgets are what counts.
+    if isinstance(allocation, dict):
         clean["allocation"] = {
             key: value for key, value in allocation.items() if key not in _VOLATILE_CONFIG_KEYS
         }

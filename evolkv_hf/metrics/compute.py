@@ -208,12 +208,10 @@ def per_sample_scores(
     score_samples = getattr(module, "score_samples", None)
     if callable(score_samples) and key in (None, getattr(module, "name", None)):
         return [float(s) for s in score_samples(predictions, refs, **kwargs)]
-    if isinstance(module, (evaluate.EvaluationModule, evaluate.CombinedEvaluations)) and _takes_one_reference(
-        module
-    ):
-        _single_references(
-            module, refs
-        )  # names the samples' indices here, not position 0 of a one-sample call
+    is_module = isinstance(module, (evaluate.EvaluationModule, evaluate.CombinedEvaluations))
+    if is_module and _takes_one_reference(module):
+        # Checked on all samples first, so the error names their indices, not position 0 of a one-sample call.
+        _single_references(module, refs)
     scores = []
     for i, (prediction, sample_refs) in enumerate(zip(predictions, refs, strict=True)):
         try:
