@@ -526,14 +526,15 @@ def _dataset_fingerprint(dataset: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def _without_volatile(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in _VOLATILE_CONFIG_KEYS}
+
+
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    clean = {key: value for key, value in config.items() if key not in _VOLATILE_CONFIG_KEYS}
-    allocation = clean.get("allocation")
+    clean = _without_volatile(config)
     # rescale() stamps a new created_at on each call; the allocation's budgets are what counts.
-    if isinstance(allocation, dict):
-        clean["allocation"] = {
-            key: value for key, value in allocation.items() if key not in _VOLATILE_CONFIG_KEYS
-        }
+    if isinstance(clean.get("allocation"), dict):
+        clean["allocation"] = _without_volatile(clean["allocation"])
     return json.loads(json.dumps(clean, sort_keys=True, default=str))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -99,10 +99,7 @@ def render_model_card(
         ("Task / dataset", a.task),
         ("Metric optimised", a.metric_name),
     ]
-    scores: list[tuple[str, object]] = []
-    if a.metric_value is not None:
-        scores.append((a.metric_name or "metric", a.metric_value))
-    scores += sorted(a.scores.items())
+    scores = _score_rows(a.metric_name, a.metric_value, a.scores)
     search = [
         ("Group size", a.search_group_size),
         ("Population size", a.search_population_size),
@@ -161,6 +158,16 @@ def render_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
+def _score_rows(
+    metric_name: object, metric_value: object, scores: Mapping[str, object]
+) -> list[tuple[str, object]]:
+    """The optimised metric's value (when one was measured), then the other scores by name."""
+    rows: list[tuple[str, object]] = (
+        [] if metric_value is None else [(str(metric_name or "metric"), metric_value)]
+    )
+    return rows + sorted(scores.items())
+
+
 def _rescaled_from_section(origin: dict[str, object]) -> str:
     """Where a rescaled allocation came from, and the scores measured there (not at these budgets)."""
     rows: list[tuple[str, object]] = [
@@ -168,12 +175,11 @@ def _rescaled_from_section(origin: dict[str, object]) -> str:
         ("Target mean budget", origin.get("target_mean_budget")),
         ("Created (UTC)", origin.get("created_at")),
     ]
-    metric = origin.get("metric_name") or "metric"
-    if origin.get("metric_value") is not None:
-        rows.append((f"Score: {metric}", origin["metric_value"]))
     scores = origin.get("scores")
-    if isinstance(scores, dict):
-        rows += [(f"Score: {key}", value) for key, value in sorted(scores.items())]
+    measured = _score_rows(
+        origin.get("metric_name"), origin.get("metric_value"), scores if isinstance(scores, dict) else {}
+    )
+    rows += [(f"Score: {name}", value) for name, value in measured]
     return (
         "## Rescaled from\n\nThese budgets are another allocation rescaled proportionally "
         "(`BudgetAllocation.rescale`); its scores were measured at its own budgets, not at these.\n\n"
