@@ -61,8 +61,12 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah
 
 
 def search_name(args: argparse.Namespace, seed: int) -> str:
-    """The directory name of one seed's search under ``allocations/`` and ``runs/``."""
-    return f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}__seed{seed}"
+    """The directory name of one seed's search under ``allocations/`` and ``runs/``.
+
+    The search-set size appears (``__s60``) only when it is not the paper's 30, so the published names stay.
+    """
+    samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
+    return f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}{samples}__seed{seed}"
 
 
 def split_samples(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
