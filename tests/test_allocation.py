@@ -629,6 +629,23 @@ def test_save_pretrained_with_push(fake_hub: FakeHub, tmp_path: Path) -> None:
     assert url is not None and "/me/alloc/commit/" in url  # default endpoint patched to the fake Hub
     assert BudgetAllocation.from_pretrained(tmp_path / "me-alloc") == alloc
     assert json.loads(fake_hub.files("me/alloc")[ALLOCATION_FILE]) == alloc.to_dict()
+    assert (tmp_path / "me-alloc" / "README.md").read_bytes() == fake_hub.files("me/alloc")["README.md"]
+
+
+def test_save_pretrained_with_push_names_the_resolved_repo_in_the_local_card(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    # Regression: without repo_id the local card kept the placeholder repo id while the pushed card named
+    # "user/<folder>", so the snippet in the saved README.md did not load anything.
+    alloc = BudgetAllocation.pyramid(4, 64, task="demo")
+    directory = tmp_path / "my-alloc"
+    url = alloc.save_pretrained(directory, push_to_hub=True, token="fake", endpoint=fake_hub.url)
+    assert url is not None and "/user/my-alloc/commit/" in url
+    local_card = (directory / "README.md").read_bytes()
+    assert b'EvolKVCache.from_pretrained("user/my-alloc", model)' in local_card
+    assert local_card == fake_hub.files("user/my-alloc")["README.md"]
+    # Saving the same allocation again for the same repo is the no-op it was.
+    alloc.save_pretrained(directory, repo_id="user/my-alloc")
 
 
 def test_missing_repo_and_missing_file_on_hub(fake_hub: FakeHub, tmp_path: Path) -> None:

@@ -49,6 +49,17 @@ def test_string_match_all_and_part() -> None:
     assert score("string_match_part", ["abc"], [["B"]]) == 100.0  # case-insensitive substring
 
 
+@pytest.mark.parametrize("name", ["string_match_all", "string_match_part"])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_substring_metrics_refuse_blank_references(name: str, blank: str) -> None:
+    # Regression: a blank reference is a substring of every prediction, so direct calls scored 100 for any
+    # answer ("" in "whatever" is True); only the task pipeline's dataset validation stood in the way.
+    with pytest.raises(ValueError, match=rf"{name}: reference '{blank}' is blank"):
+        compute_metric(name, ["whatever the model said"], [["Paris", blank]])
+    with pytest.raises(ValueError, match="is blank"):
+        per_sample_scores(name, ["a", "b"], [["a"], [blank]])
+
+
 @pytest.mark.parametrize(
     ("prediction", "references", "expected"),
     [
@@ -121,7 +132,10 @@ def test_metrics_reject_bad_references() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(prediction=st.text(max_size=30), references=st.lists(st.text(max_size=20), min_size=1, max_size=3))
+@given(
+    prediction=st.text(max_size=30),
+    references=st.lists(st.text(max_size=20).filter(str.strip), min_size=1, max_size=3),
+)
 def test_scores_are_bounded_and_consistent(prediction: str, references: list[str]) -> None:
     values = {name: fn(prediction, references) for name, fn in scoring.SCORERS.items() if name != "rouge_l"}
     assert all(0.0 <= v <= 100.0 for v in values.values())

@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from huggingface_hub import HfApi, ModelCard, ModelHubMixin
+from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelHubMixin
 
 from .._validation import POOLINGS, check_positive_int
 from ..versions import package_versions
@@ -598,6 +598,7 @@ class BudgetAllocation(
             Not supported (everything lives in ``allocation.json``); kept for ``ModelHubMixin`` compatibility.
         repo_id : str, optional
             Repo id shown in the model card and, with ``push_to_hub=True``, pushed to (default: folder name).
+            After a push, the local card names the repo as the Hub resolved it (``"name"`` -> ``"you/name"``).
         push_to_hub : bool, default False
             Also push to the Hub; see :meth:`push_to_hub` (extra kwargs go there). The local save is done first
             and stays intact if the push fails.
@@ -631,9 +632,14 @@ class BudgetAllocation(
         self._save_pretrained(directory)
         atomic_write(directory / _CARD_FILE, card)
         if push_to_hub:
-            return self.push_to_hub(
+            commit = self._push(
                 repo_id or directory.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
             )
+            # The local card names the repo it was pushed to (with the namespace the Hub resolved), like the
+            # pushed card does, instead of the placeholder or a bare name.
+            card_kwargs["repo_id"] = commit.repo_url.repo_id
+            atomic_write(directory / _CARD_FILE, str(self.generate_model_card(**card_kwargs)).encode("utf-8"))
+            return str(commit)
         return None
 
     def _check_no_conflict(self, directory: Path, card: bytes) -> None:
@@ -794,6 +800,38 @@ class BudgetAllocation(
             raise TypeError(
                 "BudgetAllocation.push_to_hub does not take `config`: allocation.json holds everything."
             )
+        return str(
+            self._push(
+                repo_id,
+                commit_message=commit_message,
+                private=private,
+                token=token,
+                branch=branch,
+                create_pr=create_pr,
+                allow_patterns=allow_patterns,
+                ignore_patterns=ignore_patterns,
+                delete_patterns=delete_patterns,
+                model_card_kwargs=model_card_kwargs,
+                endpoint=endpoint,
+            )
+        )
+
+    def _push(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload EvolKV budget allocation",
+        private: bool | None = None,
+        token: str | None = None,
+        branch: str | None = None,
+        create_pr: bool | None = None,
+        allow_patterns: list[str] | str | None = None,
+        ignore_patterns: list[str] | str | None = None,
+        delete_patterns: list[str] | str | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> CommitInfo:
+        """:meth:`push_to_hub`, returning the ``CommitInfo`` (it names the resolved repo id)."""
         api = HfApi(endpoint=endpoint, token=token)
 
         def failed(err: Exception) -> AllocationPushError:  # any transport or HTTP failure: one clear error
@@ -826,7 +864,7 @@ class BudgetAllocation(
                 )
             except Exception as err:
                 raise failed(err) from err
-        return str(commit)
+        return commit
 
     # -- plotting --------------------------------------------------------------------------------------------
     def plot(self, *, title: str | None = None) -> Figure:

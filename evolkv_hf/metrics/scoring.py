@@ -29,6 +29,16 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+def _check_substring_references(references: Sequence[str], metric: str) -> None:
+    """A blank reference is a substring of every prediction: it would score 100 whatever the model said."""
+    blank = [r for r in references if not r.strip()]
+    if blank:
+        raise ValueError(
+            f"{metric}: reference {blank[0]!r} is blank, and a blank reference is found in every prediction; "
+            "remove blank answers from the references (or use 'exact_match' for unanswerable questions)."
+        )
+
+
 def string_match_all(prediction: str, references: Sequence[str]) -> float:
     """RULER: percentage of the references found in the prediction (case-insensitive substring).
 
@@ -37,6 +47,7 @@ def string_match_all(prediction: str, references: Sequence[str]) -> float:
     >>> string_match_all("The numbers are 12 and 34.", ["12", "34", "56", "78"])
     50.0
     """
+    _check_substring_references(references, "string_match_all")
     lowered = prediction.lower()
     return 100.0 * sum(r.lower() in lowered for r in references) / len(references)
 
@@ -49,6 +60,7 @@ def string_match_part(prediction: str, references: Sequence[str]) -> float:
     >>> string_match_part("It was Paris, France.", ["France", "Lyon"])
     100.0
     """
+    _check_substring_references(references, "string_match_part")
     lowered = prediction.lower()
     return 100.0 * any(r.lower() in lowered for r in references)
 
