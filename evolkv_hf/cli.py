@@ -630,7 +630,7 @@ def add_search_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     data.add_argument(
         "--eval-samples",
         type=_non_negative_int,
-        help="held-out samples generated with --task (default: 0; with --dataset use --eval-dataset)",
+        help="held-out samples generated with --task, at the same needle depths as the search samples (default: 0; with --dataset use --eval-dataset)",
     )
     data.add_argument(
         "--mode",
@@ -710,6 +710,11 @@ def run_search(args: argparse.Namespace) -> int:
             "--eval-samples generates held-out samples for --task; with --dataset pass the held-out samples as "
             "--eval-dataset PATH."
         )
+    if args.task is not None and args.eval_dataset is not None:
+        raise CommandError(
+            "--eval-dataset is the held-out set of a --dataset search; with --task, --eval-samples N generates "
+            "the held-out samples (pass one of the two)."
+        )
     try:
         search_args = SearchArguments(**settings)
     except (TypeError, ValueError) as err:
@@ -718,22 +723,17 @@ def run_search(args: argparse.Namespace) -> int:
     held_out = load_dataset_file(args.eval_dataset) if args.eval_dataset is not None else None
     model, tokenizer, _ = load_model_from_args(args)
     if args.task is not None:
-        from .tasks import load_task
+        from .tasks import load_task, load_task_splits
 
         num_samples = args.num_samples or 30
-        eval_samples = args.eval_samples or 0
-        total = num_samples + eval_samples
-        generated = load_task(
-            args.task,
-            tokenizer,
-            args.context_length,
-            total,
-            seed=search_args.seed,
-            mode=args.mode or "query_aware",
-        )
-        train = generated.select(range(num_samples))
-        if eval_samples:
-            held_out = generated.select(range(num_samples, total))
+        seed, mode = search_args.seed, args.mode or "query_aware"
+        if args.eval_samples:  # both sets span every needle depth (a split by position would not)
+            splits = load_task_splits(
+                args.task, tokenizer, args.context_length, num_samples, args.eval_samples, seed, mode
+            )
+            train, held_out = splits["search"], splits["held_out"]
+        else:
+            train = load_task(args.task, tokenizer, args.context_length, num_samples, seed, mode)
     elif train is not None:  # --dataset (argparse requires --task or --dataset)
         if args.num_samples is not None:
             train = train.select(range(min(args.num_samples, len(train))))

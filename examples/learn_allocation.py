@@ -19,7 +19,7 @@ import torch
 
 from evolkv_hf import BudgetSearcher, EvolKVCache, SearchArguments
 from evolkv_hf.demo import load_demo_model
-from evolkv_hf.tasks import load_task
+from evolkv_hf.tasks import load_task_splits
 
 
 def main() -> None:
@@ -34,8 +34,9 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_demo_model(dtype=torch.bfloat16)
-    total = args.search_samples + args.eval_samples
-    samples = load_task("niah_single", tokenizer, args.context_length, total, seed=0)
+    samples = load_task_splits(
+        "niah_single", tokenizer, args.context_length, args.search_samples, args.eval_samples, seed=0
+    )
     search_args = SearchArguments(
         output_dir=args.output_dir,
         target_budget=args.target_budget,
@@ -46,8 +47,8 @@ def main() -> None:
     searcher = BudgetSearcher(
         model,
         search_args,
-        samples.select(range(args.search_samples)),
-        eval_dataset=samples.select(range(args.search_samples, total)),
+        samples["search"],
+        eval_dataset=samples["held_out"],
         processing_class=tokenizer,
         metric="edit_sim",
     )

@@ -41,7 +41,7 @@ from evolkv_hf.demo import DEMO_MODEL_ID, load_demo_model
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import bootstrap_ci, per_sample_scores
 from evolkv_hf.search import BudgetSearcher, CacheOptions, PrefillOnceEngine, SearchArguments
-from evolkv_hf.tasks import TASKS, load_task
+from evolkv_hf.tasks import TASKS, load_task, load_task_splits
 
 ROOT = Path(__file__).parent
 HEURISTICS = ("uniform", "pyramid", "streaming")
@@ -58,6 +58,15 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah
     parser.add_argument(
         "--generations", type=int, default=15, help="CMA-ES generations per group (the paper: 15)"
     )
+    parser.add_argument(
+        "--depth-split",
+        default="ordered",
+        choices=["ordered", "stratified"],
+        help="ordered (every published run before the stratified ones): the first --search-samples of one "
+        "generation whose needle depths rise with the index, so for the needle tasks and squad the search set "
+        "holds only depths 0-0.13 and the held-out set the deeper ones; stratified: load_task_splits, both "
+        "sets spread over depths 0-1 (vt has no depth: both give the same samples)",
+    )
 
 
 def search_name(args: argparse.Namespace, seed: int) -> str:
@@ -66,11 +75,17 @@ def search_name(args: argparse.Namespace, seed: int) -> str:
     The search-set size appears (``__s60``) only when it is not the paper's 30, so the published names stay.
     """
     samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
-    return f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}{samples}__seed{seed}"
+    split = "__stratified" if args.depth_split == "stratified" else ""
+    return f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}{samples}{split}__seed{seed}"
 
 
 def split_samples(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
     """The search set (the first ``--search-samples``) and the held-out set (the next ``--eval-samples``)."""
+    if args.depth_split == "stratified":
+        splits = load_task_splits(
+            args.task, tokenizer, args.context_length, args.search_samples, args.eval_samples
+        )
+        return splits["search"], splits["held_out"]
     total = args.search_samples + args.eval_samples
     data = load_task(args.task, tokenizer, args.context_length, total, seed=0)
     return data.select(range(args.search_samples)), data.select(range(args.search_samples, total))
@@ -104,12 +119,14 @@ def search(
             "search_population_size": args.population,
             "search_group_size": args.group_size,
             "context_length": args.context_length,
+            "depth_split": args.depth_split,
         }
         saved = {
             "search_num_samples": allocation.search_num_samples,
             "search_population_size": allocation.search_population_size,
             "search_group_size": allocation.search_group_size,
             "context_length": allocation.extra.get("context_length"),
+            "depth_split": allocation.extra.get("depth_split", "ordered"),
         }
         if saved != wanted:
             raise SystemExit(
@@ -141,6 +158,7 @@ def search(
             **result.allocation.extra,
             "search_seconds": round(seconds, 1),
             "context_length": args.context_length,
+            "depth_split": args.depth_split,
         },
     )
     allocation.save_pretrained(directory, overwrite=True)
@@ -254,7 +272,7 @@ def run_key(args: argparse.Namespace) -> str:
     """The run's key in ``summary.json``: every setting that changes the searched allocations."""
     return (
         f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}__g{args.generations}"
-        f"__s{args.search_samples}"
+        f"__s{args.search_samples}" + ("__stratified" if args.depth_split == "stratified" else "")
     )
 
 

@@ -261,6 +261,37 @@ def test_search_end_to_end_with_config_and_resume(
     assert "no_such_field" in capsys.readouterr().err
 
 
+def test_search_task_held_out_samples_span_every_depth(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: --task with --eval-samples split one generation by position, so the search set held only
+    the shallow needles and the held-out set only the deep ones; --eval-dataset was silently dropped."""
+    pytest.importorskip("long_context_eval", reason="task data not installed")
+    import evolkv_hf.search
+
+    seen: dict[str, Any] = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(model: Any, args: Any, train: Any, *, eval_dataset: Any = None, **kwargs: Any) -> Any:
+        seen.update(train=train, held_out=eval_dataset)
+        raise Captured
+
+    monkeypatch.setattr(evolkv_hf.search, "BudgetSearcher", capture)
+    argv = [
+        "search", "--model", str(tiny_checkpoint), "--task", "niah_single", "--context-length", "256",
+        "--num-samples", "3", "--eval-samples", "3", "--target-budget", "16", "--window-size", "8",
+        "--output-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(argv) == 1  # the command line reports the exception that stopped it before the search
+    assert "Captured" in capsys.readouterr().err
+    assert list(seen["train"]["depth"]) == list(seen["held_out"]["depth"]) == [0.0, 0.5, 1.0]
+    assert list(seen["held_out"]["index"]) == [3, 4, 5]
+    assert main([*argv, "--eval-dataset", str(tmp_path / "held_out.jsonl")]) == 1
+    assert "--eval-dataset is the held-out set of a --dataset search" in capsys.readouterr().err
+
+
 def test_search_num_samples_applies_to_a_dataset_and_optional_ints_take_none(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

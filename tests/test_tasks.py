@@ -23,6 +23,7 @@ from evolkv_hf.tasks import (
     count_tokens,
     encode_prompt,
     load_task,
+    load_task_splits,
     sources,
     validate_task_dataset,
 )
@@ -138,6 +139,28 @@ def test_samples_do_not_depend_on_num_samples(tokenizer: Any) -> None:
     assert load_task("vt", tokenizer, 512, 3).to_list()[:2] == load_task("vt", tokenizer, 512, 2).to_list()
     few = load_task("niah_single", tokenizer, 512, 2, depths=[0.3]).to_list()
     assert load_task("niah_single", tokenizer, 512, 3, depths=[0.3]).to_list()[:2] == few
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["niah_single", "squad", "vt"])
+def test_task_splits_span_every_depth_and_are_disjoint(tokenizer: Any, name: str) -> None:
+    # Regression: `evolkv search --task --eval-samples` (and the README example) split one generation by
+    # position, so the search set held only the shallowest needles (depths 0-0.37 of 30 + 50 samples) and the
+    # held-out set only the deep ones.
+    splits = load_task_splits(name, tokenizer, 512, 3, 5, seed=2)
+    search, held_out = splits["search"], splits["held_out"]
+    assert (len(search), len(held_out)) == (3, 5)
+    if name != "vt":  # vt has no depth (-1)
+        assert list(search["depth"]) == [0.0, 0.5, 1.0]
+        assert list(held_out["depth"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert not set(search["context"]) & set(held_out["context"])
+    assert list(held_out["index"]) == [3, 4, 5, 6, 7]
+    # The search set is the one a search without held-out samples gets.
+    assert search.to_list() == load_task(name, tokenizer, 512, 3, seed=2).to_list()
+    given = load_task_splits("niah_single", tokenizer, 512, 2, 2, depths=[0.3])
+    assert set(given["search"]["depth"]) | set(given["held_out"]["depth"]) == {0.3}
+    with pytest.raises(ValueError, match="num_held_out must be an integer >= 1"):
+        load_task_splits(name, tokenizer, 512, 3, 0)
 
 
 @needs_data

@@ -17,7 +17,7 @@ Examples
 
 from .length import LENGTH_TOLERANCE, LengthFitError, count_tokens
 from .prompts import PromptParts, build_prompt, encode_prompt
-from .registry import TASKS, TaskSpec, get_task_spec, load_task
+from .registry import TASKS, TaskSpec, get_task_spec, load_task, load_task_splits
 from .schema import METADATA_COLUMNS, MODES, REQUIRED_COLUMNS, TASK_FEATURES, validate_task_dataset
 from .sources import DATA_INSTALL_COMMAND, TaskDataUnavailableError
 
@@ -38,5 +38,6 @@ __all__ = [
     "encode_prompt",
     "get_task_spec",
     "load_task",
+    "load_task_splits",
     "validate_task_dataset",
 ]

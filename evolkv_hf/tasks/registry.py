@@ -1,4 +1,4 @@
-"""The task registry: :data:`TASKS`, :class:`TaskSpec` and :func:`load_task`."""
+"""The task registry: :data:`TASKS`, :class:`TaskSpec`, :func:`load_task` and :func:`load_task_splits`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._validation import check_positive_int
+from .common import resolve_depths
 from .common_words import common_words_extraction
 from .niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
 from .qa import QA_MAX_NEW_TOKENS, hotpotqa, squad
@@ -217,3 +218,59 @@ def load_task(
     dataset = rows_to_dataset(rows)
     validate_task_dataset(dataset)
     return dataset
+
+
+def load_task_splits(
+    name: str,
+    tokenizer: PreTrainedTokenizerBase | Any,
+    context_length: int,
+    num_search: int,
+    num_held_out: int,
+    seed: int = 0,
+    mode: str = "query_aware",
+    *,
+    max_new_tokens: int | None = None,
+    **task_options: Any,
+) -> datasets.DatasetDict:
+    """A search set and a disjoint held-out set of a built-in task, both spanning the whole depth range.
+
+    Splitting one :func:`load_task` result by position is wrong for the tasks with a ``depths`` option
+    (the needle tasks and ``squad``): their depths run from 0 to 1 in sample order, so the first samples
+    would hold only the shallow needles and the rest only the deep ones. Here each split gets its own
+    evenly spread depths (unless ``depths`` is given), and the samples are rows ``0 .. num_search - 1`` and
+    ``num_search ..`` of one generation, so no sample is in both.
+
+    Parameters
+    ----------
+    name, tokenizer, context_length, seed, mode, max_new_tokens, **task_options
+        As in :func:`load_task`.
+    num_search
+        Samples the search optimises on (the ``"search"`` split).
+    num_held_out
+        Samples to evaluate on afterwards (the ``"held_out"`` split).
+
+    Returns
+    -------
+    datasets.DatasetDict
+        ``{"search": Dataset, "held_out": Dataset}``.
+
+    Examples
+    --------
+    >>> splits = load_task_splits("niah_single", tokenizer, 2048, 30, 50)  # doctest: +SKIP
+    >>> searcher = BudgetSearcher(
+    ...     model, args, splits["search"], eval_dataset=splits["held_out"]
+    ... )  # doctest: +SKIP
+    """
+    import datasets
+
+    num_search = check_positive_int("num_search", num_search)
+    num_held_out = check_positive_int("num_held_out", num_held_out)
+    if "depths" in get_task_spec(name).options and task_options.get("depths") is None:
+        task_options["depths"] = resolve_depths(None, num_search) + resolve_depths(None, num_held_out)
+    total = num_search + num_held_out
+    dataset = load_task(
+        name, tokenizer, context_length, total, seed, mode, max_new_tokens=max_new_tokens, **task_options
+    )
+    return datasets.DatasetDict(
+        {"search": dataset.select(range(num_search)), "held_out": dataset.select(range(num_search, total))}
+    )
