@@ -222,7 +222,8 @@ def add_evaluate_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     run.add_argument(
         "--methods",
         default="full,uniform,pyramid,streaming",
-        help="comma-separated: full, uniform, pyramid, streaming, or allocation directories / Hub repo ids "
+        help="comma-separated: full, uniform, pyramid, streaming, or allocation directories / Hub repo ids, "
+        "each optionally labelled as label=path (e.g. a=runs/a/allocation,b=runs/b/allocation) "
         "(default: full,uniform,pyramid,streaming)",
     )
     run.add_argument(

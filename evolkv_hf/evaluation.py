@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ._validation import POOLINGS, check_positive_int
 from .allocation import BudgetAllocation
 from .allocation.hub import atomic_write
-from .inference import encode_samples, generate_answers
+from .inference import encode_samples, generate_answers, local_model_path
 from .inference import model_name as _model_name
 from .versions import package_versions
 
@@ -331,6 +331,9 @@ def _load_allocation(source: str) -> BudgetAllocation:
         raise ValueError(f"Could not load the allocation {source!r}: {err}") from err
 
 
+_LABELLED_METHOD = re.compile(r"(?P<label>[\w.-]+)=(?P<spec>\S.*)")
+
+
 def _allocation_label(source: str) -> str:
     path = Path(source)
     return path.resolve().name if path.is_dir() else source
@@ -354,10 +357,13 @@ def _resolve_one(spec: Any, label: str | None) -> _Method:
 
 
 def _resolve_methods(methods: Any) -> list[_Method]:
-    if isinstance(methods, (str, os.PathLike, BudgetAllocation)):
-        items: list[tuple[str | None, Any]] = [
-            (None, part) for part in (methods.split(",") if isinstance(methods, str) else [methods])
-        ]
+    if isinstance(methods, str):  # "full,uniform,label=path": a label names an allocation, as a mapping does
+        items: list[tuple[str | None, Any]] = []
+        for part in methods.split(","):
+            named = _LABELLED_METHOD.fullmatch(part.strip())
+            items.append((named["label"], named["spec"]) if named else (None, part))
+    elif isinstance(methods, (os.PathLike, BudgetAllocation)):
+        items = [(None, methods)]
     elif isinstance(methods, Mapping):
         items = [(str(label), spec) for label, spec in methods.items()]
     elif isinstance(methods, Sequence):
@@ -378,8 +384,9 @@ def _resolve_methods(methods: Any) -> list[_Method]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(
-            f"Methods {duplicates} are given more than once (or two allocations share a folder name); pass a "
-            "mapping {label: method} to name them."
+            f"Methods {duplicates} are given more than once (or two allocations share a folder name); name them "
+            "with a mapping {label: method}, or as label=path in a comma-separated string (on the command line: "
+            "--methods uniform,a=runs/a/allocation,b=runs/b/allocation)."
         )
     return resolved
 
@@ -457,7 +464,7 @@ def resolve_metric(metric: Any, task: str) -> tuple[Any, str]:
         if spec is None:
             raise ValueError(
                 f"Task {task!r} is not a built-in task ({', '.join(sorted(TASKS))}), so it has no default "
-                "metric; pass metric= (a metric name, an evaluate module or a callable)."
+                "metric; pass metric= (--metric: a metric name, an evaluate module or a callable)."
             )
         return resolve(spec.default_metric)
     return resolve(metric)
@@ -765,6 +772,9 @@ def evaluate_methods(
         "n_bootstrap": n_bootstrap,
         "confidence": CONFIDENCE,
     }
+    path = local_model_path(model)
+    if path is not None:  # two local checkpoints may share a folder name: their runs must not be mixed up
+        base_config["model_path"] = path
     cache_options = {"window_size": window_size, "kernel_size": kernel_size, "pooling": pooling}
 
     def run_config(run: _Run) -> dict[str, Any]:
@@ -807,8 +817,9 @@ def evaluate_methods(
     if conflicts:
         raise ValueError(
             f"{len(conflicts)} finished run(s) in {out} were made with another configuration: "
-            f"{'; '.join(conflicts[:3])}{' ...' if len(conflicts) > 3 else ''}. Pass overwrite=True to redo them, "
-            "or choose another output_dir."
+            f"{'; '.join(conflicts[:3])}{' ...' if len(conflicts) > 3 else ''}. Pass overwrite=True (--overwrite) to "
+            "redo them, give a method another label ({label: method}, or label=path in --methods), or choose "
+            "another output_dir (--output-dir)."
         )
 
     # ---- run

@@ -231,6 +231,18 @@ def hub_model_id(model: Any) -> str | None:
     return str(name)
 
 
+def local_model_path(model: Any) -> str | None:
+    """The resolved directory a model was loaded from, or ``None`` (a Hub id, the demo model, in memory).
+
+    Two local checkpoints can share a folder name (``runA/final``, ``runB/final``); their paths tell them
+    apart where :func:`model_name` does not.
+    """
+    name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not name or not os.path.isdir(name) or hub_model_id(model) is not None:
+        return None
+    return str(Path(name).resolve())
+
+
 def model_name(model: Any) -> str:
     """A readable model name for provenance: the Hub id (the demo model's too), else the directory name."""
     hub_id = hub_model_id(model)

@@ -179,6 +179,45 @@ def test_partial_run_is_redone_and_changed_config_refused(
     assert len(count_generation) == 4
 
 
+def test_two_local_checkpoints_with_one_folder_name_do_not_share_runs(
+    setup: tuple[Any, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a local model was known by its folder name only, so `--model runB/final` after
+    # `--model runA/final` into the same output_dir reported runA's scores as runB's without generating.
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, dataset = setup
+    for run in ("runA", "runB"):
+        model.save_pretrained(tmp_path / run / "final")
+    kwargs: dict[str, Any] = {"output_dir": tmp_path / "out", "metric": "string_match_part", **SMALL}
+    first = AutoModelForCausalLM.from_pretrained(tmp_path / "runA" / "final")
+    evaluate_methods(first, tokenizer, dataset, "uniform", [16], **kwargs)
+    second = AutoModelForCausalLM.from_pretrained(tmp_path / "runB" / "final")
+    _forbid_generation(monkeypatch)
+    with pytest.raises(ValueError, match=r"another configuration.*model_path.*runA.*runB"):
+        evaluate_methods(second, tokenizer, dataset, "uniform", [16], **kwargs)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "runA" / "final")  # the same checkpoint: reused
+    assert evaluate_methods(again, tokenizer, dataset, "uniform", [16], **kwargs).row("uniform", 16).reused
+
+
+def test_labelled_allocations_in_a_comma_separated_string(
+    setup: tuple[Any, Any, Any], tmp_path: Path
+) -> None:
+    # Every `evolkv search` writes <output_dir>/allocation, so two searches could not be compared from the
+    # command line: both were labelled "allocation", and only a Python mapping could name them.
+    model, tokenizer, dataset = setup
+    for run, budgets in (("a", [40, 20, 12]), ("b", [12, 20, 40])):
+        BudgetAllocation(budgets=budgets, window_size=8, kernel_size=3).save_pretrained(
+            tmp_path / run / "allocation"
+        )
+    both = f"{tmp_path / 'a' / 'allocation'},{tmp_path / 'b' / 'allocation'}"
+    with pytest.raises(ValueError, match=r"label=path in a comma-separated string"):
+        evaluate_methods(model, tokenizer, dataset, both, [16], metric="string_match_part", **SMALL)
+    labelled = f"uniform, a={tmp_path / 'a' / 'allocation'},b={tmp_path / 'b' / 'allocation'}"
+    report = evaluate_methods(model, tokenizer, dataset, labelled, [16], metric="string_match_part", **SMALL)
+    assert [row.method for row in report.rows] == ["uniform", "a", "b"]
+
+
 def test_metric_as_callable_and_no_output_dir(
     setup: tuple[Any, Any, Any], count_generation: list[int]
 ) -> None:
