@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
@@ -369,6 +370,31 @@ class TestClearErrors:
         with pytest.raises(ValueError, match="seed"):
             make_searcher(tmp_path, seed=5).search(resume_from_checkpoint=True)
 
+    def test_resume_with_another_metric_or_model_is_refused(self, tmp_path):
+        # Regression: only the arguments and the samples were compared, so resuming with another metric (or
+        # another model of the same depth) mixed its scores with the cached ones of the first.
+        make_searcher(tmp_path).search()
+
+        def other_overlap(predictions, references):
+            return digit_overlap(predictions, references)
+
+        other_metric = BudgetSearcher(
+            tiny_model("llama", num_layers=3),
+            small_args(tmp_path),
+            dataset(),
+            processing_class=tiny_tokenizer(),
+            metric=other_overlap,
+        )
+        with pytest.raises(ValueError, match=r"metric='digit_overlap', now 'other_overlap'"):
+            other_metric.search(resume_from_checkpoint=True)
+        other_model = make_searcher(tmp_path)
+        other_model.model.name_or_path = other_model.model.config._name_or_path = "someone/another-model"
+        with pytest.raises(
+            ValueError, match=r"model='LlamaForCausalLM', now 'someone/another-model'.*same model and metric"
+        ):
+            other_model.search(resume_from_checkpoint=True)
+        make_searcher(tmp_path).search(resume_from_checkpoint=True)  # the same model and metric still resume
+
 
 def test_hf_argument_parser_and_numpy_state_untouched(tmp_path):
     from transformers import HfArgumentParser
@@ -578,3 +604,36 @@ def test_base_model_is_only_a_hub_repo_id(tmp_path, source):
         assert "AutoModelForCausalLM.from_pretrained(...)  # the base model" in card
         expected = "my-finetuned-llama" if source == "local_dir" else "LlamaForCausalLM"
         assert allocation.extra["model"] == expected
+
+
+class TestArgumentTypes:
+    """Regressions: arguments of the wrong type were accepted and failed late, or silently meant the opposite."""
+
+    def test_a_path_output_dir_is_stored_as_a_string(self, tmp_path):
+        # A pathlib.Path was kept and crashed the first checkpoint ("Cannot serialise PosixPath"), after the
+        # baseline and a whole generation had run.
+        args = small_args(tmp_path, output_dir=tmp_path / "run")
+        assert args.output_dir == str(tmp_path / "run")
+        assert json.loads(json.dumps(args.to_dict()))["output_dir"] == str(tmp_path / "run")
+
+    @pytest.mark.parametrize(
+        "name", ["overwrite_output_dir", "push_to_hub", "disable_tqdm", "greater_is_better"]
+    )
+    def test_yes_no_settings_must_be_booleans(self, tmp_path, name):
+        # The string "false" counted as true: overwrite_output_dir="false" deleted the previous search.
+        with pytest.raises(TypeError, match=rf"{name} must be True or False, got str 'false'"):
+            small_args(tmp_path, **{name: "false"})
+
+    def test_storage_device(self, tmp_path):
+        assert small_args(tmp_path, engine_storage_device=torch.device("cpu")).engine_storage_device == "cpu"
+        with pytest.raises(TypeError, match="engine_storage_device must be a device name"):
+            small_args(tmp_path, engine_storage_device=1)
+
+    def test_gamma_above_one_is_refused(self, tmp_path):
+        # With gamma > 1 the CacheScore far below the target is negative: lam=1, gamma=5 ranked a score of 10
+        # above a score of 60, and a factor of exactly 0 divided by zero.
+        with pytest.raises(ValueError, match=r"cache_score_gamma must be in \[0, 1\]"):
+            small_args(tmp_path, cache_score_gamma=5.0)
+        with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
+            combined_fitness(-1.0, [64] * 4, 128, lam=1, gamma=4)
+        assert small_args(tmp_path, cache_score_gamma=1.0).cache_score_gamma == 1.0

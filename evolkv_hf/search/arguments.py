@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,7 +50,7 @@ class SearchArguments:
         metadata={"help": "Weight lambda of the CacheScore in F = f * (1 + lambda * CacheScore)."},
     )
     cache_score_gamma: float = field(
-        default=0.2, metadata={"help": "Penalty slope gamma for schemes below the target mean."}
+        default=0.2, metadata={"help": "Penalty slope gamma in [0, 1] for schemes below the target mean."}
     )
     constraint: str = field(
         default="penalty",
@@ -126,8 +127,28 @@ class SearchArguments:
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})
 
     def __post_init__(self) -> None:
-        if not self.output_dir:
-            raise ValueError("output_dir must be a non-empty path.")
+        if isinstance(
+            self.output_dir, os.PathLike
+        ):  # stored as str: checkpoints record the arguments as JSON
+            self.output_dir = os.fspath(self.output_dir)
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}.")
+        for name in ("overwrite_output_dir", "push_to_hub", "disable_tqdm", "greater_is_better"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "greater_is_better" and value is None):
+                raise TypeError(
+                    f"{name} must be True or False, got {type(value).__name__} {value!r} (the string 'false' "
+                    "would count as true)."
+                )
+        if self.engine_storage_device is not None and not isinstance(self.engine_storage_device, str):
+            import torch
+
+            if not isinstance(self.engine_storage_device, torch.device):
+                raise TypeError(
+                    "engine_storage_device must be a device name such as 'cpu' or 'cuda:0', got "
+                    f"{type(self.engine_storage_device).__name__} {self.engine_storage_device!r}."
+                )
+            self.engine_storage_device = str(self.engine_storage_device)  # stored by name, as JSON
         if self.report_to is None:
             self.report_to = []
         elif isinstance(self.report_to, str):
@@ -156,6 +177,11 @@ class SearchArguments:
         self.cache_score_gamma = check_positive_number(
             "cache_score_gamma", self.cache_score_gamma, allow_zero=True
         )
+        if self.cache_score_gamma > 1:
+            raise ValueError(
+                f"cache_score_gamma must be in [0, 1], got {self.cache_score_gamma}: above 1 the CacheScore of a "
+                "scheme far below the target turns negative, and the fitness would rank a worse score higher."
+            )
         self.engine_max_storage_gb = check_positive_number(
             "engine_max_storage_gb", self.engine_max_storage_gb, allow_zero=True
         )

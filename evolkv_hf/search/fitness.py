@@ -17,6 +17,10 @@ def cache_score(budgets: Sequence[int], target: float, gamma: float = 0.2) -> fl
     >>> cache_score([128, 128], 128), cache_score([192, 192], 128), cache_score([64, 64], 128)
     (1.0, 0.5, 0.9)
     """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(
+            f"gamma must be in [0, 1], got {gamma}: above 1 a scheme far below the target scores < 0."
+        )
     mean = sum(budgets) / len(budgets)
     if mean > target:
         return max(0.0, 1.0 - (mean - target) / target)

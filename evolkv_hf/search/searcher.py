@@ -653,9 +653,21 @@ class BudgetSearcher:
             "fitness_cache": self._fitness_cache,
             "args": self.args.to_dict(),
             "search_samples_fingerprint": self._samples_fingerprint,
+            "search_identity": self._search_identity(),
             "versions": package_versions(),
             # How much of the JSONL log this state accounts for; a resume drops what was logged after it.
             "log_bytes": log.stat().st_size if self.is_main_process and log.is_file() else 0,
+        }
+
+    def _search_identity(self) -> dict[str, Any]:
+        """What the cached scores depend on besides the samples and the arguments: the model and the metric."""
+        from ..metrics import metric_label
+
+        return {
+            "model": hub_model_id(self.model) or model_name(self.model),
+            "model_revision": getattr(self.model.config, "_commit_hash", None),
+            "metric": metric_label(self.metric),
+            "metric_key": self.metric_key,
         }
 
     def _save(self, strategy: GroupStrategy | None) -> None:
@@ -687,6 +699,21 @@ class BudgetSearcher:
                 "reused for these). Resume with the same train_dataset, tokenizer and max_new_tokens, or start a "
                 "new search in another output_dir."
             )
+        saved_identity = payload.get("search_identity")  # absent in older checkpoints
+        if isinstance(saved_identity, dict):
+            current = self._search_identity()
+            changed = [
+                key for key in current if key in saved_identity and saved_identity[key] != current[key]
+            ]
+            if changed:
+                differences = ", ".join(
+                    f"{key}={saved_identity[key]!r}, now {current[key]!r}" for key in changed
+                )
+                raise ValueError(
+                    f"Cannot resume {path}: it was written with {differences} (its cached scores and best "
+                    "allocation were measured that way). Resume with the same model and metric, or start a new "
+                    "search in another output_dir."
+                )
         self.state = SearchState(**payload["search_state"])
         self._fitness_cache = dict(payload.get("fitness_cache", {}))
         if len(self.state.base_budgets) != self.num_layers or self.state.num_groups != len(groups):
