@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_search import make_searcher
@@ -31,6 +32,7 @@ from evolkv_hf.search.checkpoint import (
     checkpoint_dirs,
     latest_checkpoint,
     load_checkpoint,
+    save_checkpoint,
 )
 
 TESTS = Path(__file__).parent
@@ -175,6 +177,29 @@ def test_crash_before_the_first_checkpoint(tmp_path):
         make_searcher(tmp_path).search(resume_from_checkpoint=True)
     result = make_searcher(tmp_path, overwrite_output_dir=True).search()
     assert len(logged(tmp_path / "run")) == len(result.history)
+
+
+def test_overwrite_output_dir_removes_the_previous_search_only(tmp_path):
+    # Regression: overwrite_output_dir deleted the old log and checkpoints but kept the old allocation/ and
+    # TensorBoard runs/, so a new search stopped early left the previous search's allocation beside its own
+    # checkpoints (and mixed both searches' curves in TensorBoard).
+    run = tmp_path / "run"
+    make_searcher(tmp_path).search()
+    (run / "runs").mkdir()
+    (run / "runs" / "events.out.tfevents.old").write_text("old curves")
+    (run / "notes.txt").write_text("the user's own file")
+
+    class CrashAfterTheFirstCheckpoint(SearchCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        make_searcher(
+            tmp_path, overwrite_output_dir=True, callbacks=[CrashAfterTheFirstCheckpoint()]
+        ).search()
+    assert not (run / "allocation").exists() and not (run / "runs").exists()
+    assert (run / "notes.txt").read_text() == "the user's own file"
+    assert [path.name for path in checkpoint_dirs(run)] == ["checkpoint-1"]
 
 
 # -- torn writes -------------------------------------------------------------------------------------------------
@@ -352,3 +377,21 @@ def test_history_has_no_nan_so_equality_checks_are_meaningful(reference):
     for entry in reference.history:
         for value in entry.values():
             assert not (isinstance(value, float) and math.isnan(value))
+
+
+def test_rewriting_a_checkpoint_keeps_the_old_copy_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    # Regression: a second checkpoint of the same generation (Ctrl-C) deleted checkpoint-<n> before renaming
+    # the new one into place; with save_total_limit=1 a kill during that delete left no checkpoint at all.
+    save_checkpoint(tmp_path, 3, {"search_state": {"copy": "old"}}, b"old", save_total_limit=1)
+    seen_while_deleting: list[Any] = []
+    real_rmtree = checkpoint_module.shutil.rmtree
+
+    def watching_rmtree(path, *args, **kwargs):
+        seen_while_deleting.append(load_checkpoint(tmp_path / "checkpoint-3")[0]["search_state"])
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", watching_rmtree)
+    save_checkpoint(tmp_path, 3, {"search_state": {"copy": "new"}}, b"new", save_total_limit=1)
+    assert seen_while_deleting and all(state == {"copy": "new"} for state in seen_while_deleting)
+    assert load_checkpoint(tmp_path / "checkpoint-3") == ({"search_state": {"copy": "new"}}, b"new")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-3"]

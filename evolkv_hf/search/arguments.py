@@ -122,7 +122,11 @@ class SearchArguments:
         },
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow starting a new search in a non-empty output_dir."}
+        default=False,
+        metadata={
+            "help": "Allow starting a new search in a non-empty output_dir (the previous search's log, checkpoints, "
+            "allocation/ and runs/ are deleted; other files stay)."
+        },
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})
 

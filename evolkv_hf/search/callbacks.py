@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+TENSORBOARD_DIR = "runs"
+"""Where ``report_to=["tensorboard"]`` writes its events, inside ``output_dir`` (as ``Trainer`` does)."""
+
 
 @dataclass
 class SearchState:
@@ -290,7 +293,7 @@ def integration_callbacks(report_to: list[str], output_dir: str) -> list[SearchC
     for name in dict.fromkeys(names):  # each once, in order
         try:
             if name == "tensorboard":
-                callbacks.append(TensorBoardCallback(os.path.join(output_dir, "runs")))
+                callbacks.append(TensorBoardCallback(os.path.join(output_dir, TENSORBOARD_DIR)))
             elif name == "wandb":
                 callbacks.append(WandbCallback())
             elif name != "none":

@@ -66,10 +66,16 @@ def save_checkpoint(
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        if target.exists():
-            shutil.rmtree(target)
+        replaced: Path | None = None
+        if (
+            target.exists()
+        ):  # the same generation again (Ctrl-C): the old copy goes only once the new is in place
+            replaced = Path(tempfile.mkdtemp(prefix=f".{PREFIX}{number}.tmp-replaced-", dir=root))
+            os.replace(target, replaced / target.name)
         os.replace(temporary, target)
         temporary = None
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
     except OSError as error:
         last = latest_checkpoint(root)
         intact = f"the last good checkpoint {last} is intact" if last else "no earlier checkpoint exists"

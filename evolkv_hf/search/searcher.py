@@ -22,6 +22,7 @@ from ..inference import EncodedSample, encode_samples, generate_answers, hub_mod
 from ..versions import package_versions
 from .arguments import SearchArguments
 from .callbacks import (
+    TENSORBOARD_DIR,
     CallbackHandler,
     JsonlLoggerCallback,
     ProgressCallback,
@@ -600,16 +601,24 @@ class BudgetSearcher:
         if output_dir.is_dir() and any(output_dir.iterdir()) and not self.args.overwrite_output_dir:
             raise FileExistsError(
                 f"output_dir {output_dir} is not empty. Resume with search(resume_from_checkpoint=True), choose a "
-                "new output_dir, or set overwrite_output_dir=True to start over (existing files are replaced)."
+                "new output_dir, or set overwrite_output_dir=True to start over (the previous search's log, "
+                "checkpoints, allocation/ and runs/ are deleted)."
             )
         if self.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
-            # overwrite_output_dir: a new search must not be mixed with an old one's log and checkpoints.
+            # overwrite_output_dir: a new search must not be mixed with an old one's log, checkpoints, final
+            # allocation (it would sit beside the new checkpoints if this search stopped early) or TensorBoard
+            # events. Other files in output_dir are not the search's and stay.
             log = output_dir / LOG_FILE
             if log.exists():
                 log.unlink()
-            for old in checkpoint_dirs(output_dir):
-                shutil.rmtree(old)
+            for old in [
+                *checkpoint_dirs(output_dir),
+                output_dir / ALLOCATION_DIR,
+                output_dir / TENSORBOARD_DIR,
+            ]:
+                if old.is_dir():
+                    shutil.rmtree(old)
 
     def _check_foreign_resume(self, checkpoint: Path, output_dir: Path) -> None:
         """A checkpoint from another directory may only continue into an ``output_dir`` without a search."""
