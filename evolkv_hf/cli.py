@@ -132,6 +132,10 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any, str]:
     import torch
 
     dtype = getattr(torch, args.dtype)
+    if args.demo and args.model not in (None, DEMO_ALIAS):
+        raise CommandError(f"--demo and --model {args.model!r} name two models; pass one of them.")
+    if (args.demo or args.model == DEMO_ALIAS) and args.revision:
+        raise CommandError("--revision applies to a Hub --model; the demo model ships with the package.")
     if args.demo or args.model == DEMO_ALIAS:
         from .demo import DEMO_MODEL_ID, load_demo_model
 
@@ -281,25 +285,54 @@ def load_dataset_file(path: str) -> Any:
     if not os.path.isfile(path):
         raise CommandError(f"dataset {path!r} does not exist.")
     suffix = Path(path).suffix.lower()
-    if suffix in (".json", ".jsonl"):
+    if suffix not in (".json", ".jsonl", ".parquet"):
+        raise CommandError(
+            f"dataset {path!r}: expected a .json, .jsonl or .parquet file or a save_to_disk directory."
+        )
+    if os.path.getsize(path) == 0:
+        raise CommandError(f"dataset {path!r} is empty: it needs one row per sample.")
+    kind = "Parquet" if suffix == ".parquet" else "JSON (one object per line, or a list of objects)"
+    try:
+        if suffix == ".parquet":
+            return datasets.Dataset.from_parquet(path)
         return datasets.Dataset.from_json(path)
-    if suffix == ".parquet":
-        return datasets.Dataset.from_parquet(path)
-    raise CommandError(
-        f"dataset {path!r}: expected a .json, .jsonl or .parquet file or a save_to_disk directory."
-    )
+    except Exception as err:  # datasets wraps parse errors in a generic DatasetGenerationError
+        cause = err.__cause__ or err.__context__ or err
+        raise CommandError(f"dataset {path!r} could not be read as {kind}: {_first_line(cause)}") from err
+
+
+def _warn_past_position_limit(model: Any, context_length: int) -> None:
+    """Generated contexts longer than the model was trained for give meaningless scores; say so."""
+    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    if isinstance(limit, int) and context_length > limit:
+        print(
+            f"warning: --context-length {context_length} is beyond the model's max_position_embeddings "
+            f"({limit}); its answers past that length say little about the cache.",
+            file=sys.stderr,
+        )
+
+
+def _check_task_name(name: str | None) -> None:
+    if name is not None:
+        from .tasks import get_task_spec
+
+        get_task_spec(name)  # "Unknown task 'niah'; valid tasks: [...]"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evolkv evaluate``."""
-    from .evaluation import evaluate_methods
+    from .evaluation import _resolve_methods, evaluate_methods
 
+    # Everything that can be checked without the model is, before the (slow) model load or download.
     if args.dataset is not None:
-        dataset = load_dataset_file(args.dataset)  # checked before the (slow) model load
+        dataset = load_dataset_file(args.dataset)
+    _check_task_name(args.task)
+    _resolve_methods(args.methods)
     model, tokenizer, model_name = load_model_from_args(args)
     if args.task is not None:
         from .tasks import load_task
 
+        _warn_past_position_limit(model, args.context_length)
         dataset = load_task(
             args.task,
             tokenizer,
@@ -722,10 +755,12 @@ def run_search(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from err
     train = load_dataset_file(args.dataset) if args.dataset is not None else None
     held_out = load_dataset_file(args.eval_dataset) if args.eval_dataset is not None else None
+    _check_task_name(args.task)  # before the (slow) model load or download
     model, tokenizer, _ = load_model_from_args(args)
     if args.task is not None:
         from .tasks import load_task, load_task_splits
 
+        _warn_past_position_limit(model, args.context_length)
         num_samples = args.num_samples or 30
         seed, mode = search_args.seed, args.mode or "query_aware"
         if args.eval_samples:  # both sets span every needle depth (a split by position would not)

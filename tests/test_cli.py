@@ -81,6 +81,49 @@ def test_user_errors_exit_1_without_traceback(tmp_path: Path, capsys: pytest.Cap
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_input_errors_are_reported_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regressions: a typo in --task or --methods was reported only after the model had loaded (or a 7B model
+    # had downloaded); an empty or malformed --dataset gave "StopIteration" or "DatasetGenerationError".
+    def no_model(args: Any) -> Any:
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(cli, "load_model_from_args", no_model)
+    empty, malformed = tmp_path / "empty.jsonl", tmp_path / "malformed.jsonl"
+    empty.write_text("")
+    malformed.write_text('{"context": "a"}\nnot json\n')
+    cases = [
+        (["evaluate", "--demo", "--task", "niah"], "Unknown task 'niah'; valid tasks:"),
+        (["search", "--demo", "--task", "niah", "--output-dir", str(tmp_path / "r")], "Unknown task 'niah'"),
+        (["evaluate", "--demo", "--task", "vt", "--methods", "full,unifrom"], "Unknown method 'unifrom'"),
+        (["evaluate", "--demo", "--dataset", str(empty)], "is empty: it needs one row per sample"),
+        (["evaluate", "--demo", "--dataset", str(malformed)], "could not be read as JSON"),
+        (["search", "--demo", "--dataset", str(malformed), "--output-dir", str(tmp_path / "r")], "as JSON"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_conflicting_model_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # --demo silently won over --model, and --revision was dropped with --demo.
+    assert main(["generate", "--demo", "--model", "someone/model", "--budget", "8", "--prompt", "hi"]) == 1
+    assert "--demo and --model 'someone/model' name two models" in capsys.readouterr().err
+    assert main(["generate", "--demo", "--revision", "main", "--budget", "8", "--prompt", "hi"]) == 1
+    assert "--revision applies to a Hub --model" in capsys.readouterr().err
+
+
+def test_context_length_beyond_the_model_is_warned(capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_model("llama", num_layers=2)
+    limit = model.config.max_position_embeddings
+    cli._warn_past_position_limit(model, limit)
+    assert capsys.readouterr().err == ""
+    cli._warn_past_position_limit(model, limit + 1)
+    assert f"beyond the model's max_position_embeddings ({limit})" in capsys.readouterr().err
+
+
 def test_debug_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show", str(tmp_path), "--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
