@@ -100,6 +100,14 @@ class EvaluationRow:
     kv_memory_bytes_mean: float | None = None
     elapsed_s: float | None = None
     reused: bool = False
+    kind: str | None = None
+    """What ran, whatever the label: ``"full"``, ``"uniform"``, ``"pyramid"``, ``"streaming"`` or
+    ``"allocation"`` (``None``: as the label says)."""
+
+    @property
+    def method_kind(self) -> str:
+        """:attr:`kind`, or the label for rows built without one."""
+        return self.kind or self.method
 
     @property
     def budget_label(self) -> str:
@@ -157,7 +165,7 @@ class EvaluationReport:
     def row(self, method: str, budget: int | None = None) -> EvaluationRow:
         """The row of ``method`` at ``budget`` (``None`` for ``"full"``); ``KeyError`` if it was not run."""
         for row in self.rows:
-            if row.method == method and (row.budget == budget or method == "full"):
+            if row.method == method and (row.budget == budget or row.budget is None):
                 return row
         raise KeyError(f"No result for method {method!r} at budget {budget!r}.")
 
@@ -169,7 +177,9 @@ class EvaluationReport:
         ValueError
             No heuristic method was run at ``budget``.
         """
-        candidates = [row for row in self.rows if row.method in HEURISTIC_METHODS and row.budget == budget]
+        candidates = [
+            row for row in self.rows if row.method_kind in HEURISTIC_METHODS and row.budget == budget
+        ]
         if not candidates:
             raise ValueError(
                 f"No heuristic method ({', '.join(HEURISTIC_METHODS)}) was evaluated at budget {budget}; "
@@ -875,7 +885,8 @@ def evaluate_methods(
         rows=rows,
         task=task,
         model_name=name,
-        metric_name=metric_name,
+        # The score reported is metric_key's alone when the metric returns several.
+        metric_name=metric_name if metric_key in (None, metric_name) else f"{metric_name}: {metric_key}",
         output_dir=str(out) if out is not None else None,
     )
     if out is not None:
@@ -916,16 +927,20 @@ class _Scorer:
                 f"{predictions[first]!r} against {references[first]!r}; the mean and its bootstrap interval need "
                 "finite scores. Fix the metric (or the references) for such answers."
             )
+        score = _mean(scores)
         low: float | None = None
         high: float | None = None
         if self.n_bootstrap > 0:
             low, high = bootstrap_ci(
                 scores, n_resamples=self.n_bootstrap, confidence=CONFIDENCE, seed=self.seed
             )
+            # The resampled means are summed in another order than the score: without this, equal scores
+            # (e.g. 30 x 100/3) gave a score one rounding step outside its own interval.
+            low, high = min(low, score), max(high, score)
         metrics = {
             "metric_name": self.name,
             "metric": _jsonable(compute_metric(self.metric, predictions, references)),
-            "score": _mean(scores),
+            "score": score,
             "ci_low": low,
             "ci_high": high,
             "confidence": CONFIDENCE,
@@ -1062,6 +1077,7 @@ def _row_from_metrics(
         kv_memory_bytes_mean=optional("kv_memory_bytes_mean"),
         elapsed_s=optional("elapsed_s"),
         reused=reused,
+        kind=run.method.kind,
     )
 
 

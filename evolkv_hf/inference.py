@@ -120,7 +120,12 @@ def greedy_generate(
     pad_id: int,
 ) -> torch.Tensor:
     """``model.generate`` with greedy decoding and ``cache``: every answering path goes through here, so that
-    the plain path and the prefill-once engine decode identically."""
+    the plain path and the prefill-once engine decode identically.
+
+    Greedy means the argmax at every step: settings a model ships in its ``generation_config`` that would
+    change it (a repetition penalty, n-gram bans, beams, a minimum length) are switched off, since
+    ``generate`` fills every setting left unset from there.
+    """
     return model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -129,6 +134,10 @@ def greedy_generate(
         temperature=None,
         top_p=None,
         top_k=None,
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,  # takes precedence over a min_length in the model's generation_config
         pad_token_id=pad_id,
         **{cache_keyword(model): cache},
     )

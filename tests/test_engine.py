@@ -50,6 +50,25 @@ def test_prefill_once_equals_plain_path(attn, mode):
         assert plain_batched.answers(budgets) == expected
 
 
+def test_decoding_is_greedy_whatever_the_model_generation_config_says():
+    # Regression: only sampling was switched off, so a repetition penalty, n-gram ban, beams or minimum length
+    # shipped in the model's generation_config (Qwen2.5-Instruct ships repetition_penalty=1.05) changed the
+    # "greedy" answers of every method, and could make batching change them.
+    model = tiny_model("llama")
+    samples = encoded_samples(4, QUERY_AWARE, seed=2)
+    options = CacheOptions(window_size=4, kernel_size=3)
+    expected = {
+        name: engine(model, IdTokenizer(), samples, options, batch_size=2).answers([8, 20, 12])
+        for name, engine in (("plain", PlainEngine), ("prefill_once", PrefillOnceEngine))
+    }
+    config = model.generation_config
+    config.repetition_penalty, config.no_repeat_ngram_size, config.num_beams = 1.5, 1, 2
+    config.min_new_tokens = 3
+    for name, engine in (("plain", PlainEngine), ("prefill_once", PrefillOnceEngine)):
+        got = engine(model, IdTokenizer(), samples, options, batch_size=2).answers([8, 20, 12])
+        assert got == expected[name], name
+
+
 def test_memory_cap_recomputes_samples_beyond_it():
     model = tiny_model("llama")
     samples = encoded_samples(4, QUERY_AWARE, seed=1)

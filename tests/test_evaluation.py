@@ -218,6 +218,44 @@ def test_labelled_allocations_in_a_comma_separated_string(
     assert [row.method for row in report.rows] == ["uniform", "a", "b"]
 
 
+def test_rows_know_what_ran_and_the_report_names_the_metric_key(setup: tuple[Any, Any, Any]) -> None:
+    # Regressions: best_heuristic and row() trusted labels, so {"snap": "uniform"} had no heuristic and
+    # {"full": "uniform"} answered row("full", 32) with the budget-16 row; with metric_key the report was titled
+    # by the combined metric although every score was the key's alone.
+    import evaluate
+
+    from evolkv_hf.metrics import load_metric
+
+    model, tokenizer, dataset = setup
+    combined = evaluate.combine([load_metric("edit_sim"), load_metric("exact_match")])
+    report = evaluate_methods(
+        model,
+        tokenizer,
+        dataset,
+        {"snap": "uniform", "full": "pyramid", "pyramid": "full"},
+        [16, 32],
+        metric=combined,
+        metric_key="exact_match",
+        **SMALL,
+    )
+    assert report.best_heuristic(16).method in ("snap", "full")
+    assert {row.method: row.kind for row in report.rows}["pyramid"] == "full"
+    assert report.row("full", 32).budget == 32
+    assert report.metric_name == "edit_sim+exact_match: exact_match"
+    for row in report.rows:
+        assert row.ci_low is not None and row.ci_high is not None
+        assert row.ci_low <= row.score <= row.ci_high
+
+
+def test_a_constant_score_lies_inside_its_interval() -> None:
+    # Regression: 30 samples scoring 100/3 gave score 33.33333333333335 above ci_high 33.33333333333334.
+    from evolkv_hf.evaluation import _Scorer
+
+    scorer = _Scorer(lambda p, r: {"third": 100 / 3}, "third", None, 1000, 0)
+    _, metrics = scorer(["a"] * 30, [["b"]] * 30)
+    assert metrics["ci_low"] <= metrics["score"] <= metrics["ci_high"]
+
+
 def test_metric_as_callable_and_no_output_dir(
     setup: tuple[Any, Any, Any], count_generation: list[int]
 ) -> None:
