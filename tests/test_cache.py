@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import (
     CACHE_KWARG,
+    COMMON,
     FAMILIES,
     EvictionOracle,
     greedy,
@@ -328,6 +329,19 @@ def test_crop_and_assisted_decoding():
         cache.crop(5)
 
 
+def test_a_refused_crop_changes_no_layer():
+    # Regression: transformers crops layer by layer, so layers before the one that refused were already cropped
+    # (stored [23, 12], seen [23, 43] after a failed crop(-20)) and the next forward used wrong positions.
+    model = tiny_model("llama", num_layers=2)
+    inputs = random_batch(1, PROMPT, seed=5)
+    cache = EvolKVCache(model, [64, 9], window_size=4)
+    greedy(model, inputs, past_key_values=cache, max_new_tokens=4)
+    stored, seen = cache.stored_lengths(), [layer.seen for layer in cache.layers]
+    with pytest.raises(ValueError, match=r"Cannot crop 20 tokens.*num_assistant_tokens, prompt_lookup"):
+        cache.crop(-20)
+    assert cache.stored_lengths() == stored and [layer.seen for layer in cache.layers] == seen
+
+
 def test_reset_makes_the_cache_reusable():
     model = tiny_model("llama")
     first_inputs, second_inputs = random_batch(1, PROMPT, seed=8), random_batch(1, PROMPT, seed=9)
@@ -368,6 +382,21 @@ def test_hooks_are_idempotent_removable_and_inert_for_other_caches():
     follow_up["attention_mask"] = torch.ones_like(follow_up["input_ids"])
     with pytest.raises(RuntimeError, match="hooks did not run"):
         greedy(model, follow_up, past_key_values=used, max_new_tokens=NEW)
+
+
+def test_a_hooked_model_still_pickles_and_its_copy_still_compresses(tmp_path):
+    # Regression: the attention hooks were local closures, so torch.save(model) failed once a cache had been
+    # built for the model, even an unused one.
+    import pickle
+
+    model = tiny_model("llama")
+    inputs = random_batch(1, PROMPT, seed=3)
+    expected = greedy(model, inputs, past_key_values=EvolKVCache(model, [9, 17, 12]), max_new_tokens=NEW)
+    copy = pickle.loads(pickle.dumps(model))
+    torch.save(model, tmp_path / "model.pt")
+    assert hooks_installed(copy)
+    again = greedy(copy, inputs, past_key_values=EvolKVCache(copy, [9, 17, 12]), max_new_tokens=NEW)
+    assert torch.equal(expected.sequences, again.sequences)
 
 
 def test_import_has_no_side_effects():
@@ -470,6 +499,37 @@ class TestClearErrors:
 
         model = AutoModelForCausalLM.from_config(config)
         with pytest.raises(ValueError, match="KV sharing"):
+            EvolKVCache(model, 8)
+
+    def test_multimodal_wrapper(self):
+        # Regression: Gemma3ForConditionalGeneration (what AutoModelForCausalLM gives for Gemma-3 4B and up) was
+        # accepted, then failed in generate with "needs a 2D tensor attention_mask or None, got dict".
+        from transformers import (
+            Gemma3Config,
+            Gemma3ForConditionalGeneration,
+            Gemma3TextConfig,
+            SiglipVisionConfig,
+        )
+
+        text = Gemma3TextConfig(
+            **{**COMMON, "eos_token_id": 2},
+            head_dim=16,
+            num_hidden_layers=2,
+            layer_types=["sliding_attention", "full_attention"],
+            sliding_window=12,
+        )
+        vision = SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        )
+        model = Gemma3ForConditionalGeneration(
+            Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
+        )
+        with pytest.raises(ValueError, match=r"Gemma3ForConditionalGeneration.*Gemma3ForCausalLM"):
             EvolKVCache(model, 8)
 
     def test_not_a_model(self):

@@ -20,10 +20,13 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
+    Olmo2Config,
     Phi3Config,
+    PhiConfig,
     PreTrainedModel,
     Qwen2Config,
     Qwen3Config,
+    StableLmConfig,
 )
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
@@ -78,13 +81,23 @@ def tiny_config(family: str, num_layers: int = 3, attn: str = "sdpa") -> Any:
             query_pre_attn_scalar=24,
             **COMMON,
         )
+    elif family == "olmo2":  # q_norm over the whole query projection, before the split into heads
+        config = Olmo2Config(num_hidden_layers=num_layers, **COMMON)
+    elif family == "phi":  # partial rotary and q_layernorm in the module's forward
+        config = PhiConfig(
+            num_hidden_layers=num_layers, partial_rotary_factor=0.5, qk_layernorm=True, **COMMON
+        )
+    elif family == "stablelm":  # partial rotary, and a LayerNorm per head applied after the transpose
+        config = StableLmConfig(
+            num_hidden_layers=num_layers, partial_rotary_factor=0.25, qk_layernorm=True, **COMMON
+        )
     else:
         raise ValueError(family)
     config._attn_implementation = attn
     return config
 
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "olmo2", "phi", "stablelm")
 
 
 def tiny_model(

@@ -64,7 +64,9 @@ class EvolKVCache(Cache):
     >>> cache = EvolKVCache(model, budgets=128)  # doctest: +SKIP
     >>> out = model.generate(**inputs, past_key_values=cache, max_new_tokens=32)  # doctest: +SKIP
     >>> cache.stored_lengths()[:3], cache.memory_bytes()  # doctest: +SKIP
-    ([128 + 31, 128 + 31, 128 + 31], 1_425_408)
+    ([159, 159, 159], 3663360)
+
+    (SmolLM2-135M in bfloat16: 30 layers x 3 KV heads x 159 entries x (64 + 64) dims x 2 bytes.)
     """
 
     def __init__(
@@ -245,6 +247,17 @@ class EvolKVCache(Cache):
             )
         return layer.kept_positions()
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` tokens from every layer (assisted decoding rolls back this way).
+
+        Every layer is checked before any is changed: a crop that one layer refuses leaves the cache as it was.
+        """
+        if tokens_to_remove < 0:
+            for layer in self.layers:
+                if isinstance(layer, EvolKVLayer):
+                    layer.check_crop(-tokens_to_remove)
+        super().crop(tokens_to_remove)
+
     def memory_bytes(self) -> int:
         """Bytes of keys and values actually held, over all layers."""
         return kv_memory_bytes(self)
@@ -321,7 +334,18 @@ def _text_config(model: Any) -> Any:
             f"EvolKVCache needs a transformers model (with a `.config`), got {type(model).__name__}. "
             "Pass the model first: EvolKVCache(model, budgets)."
         )
-    return config.get_text_config(decoder=True)
+    text_config = config.get_text_config(decoder=True)
+    if text_config is not config:
+        # A multimodal wrapper (Gemma3ForConditionalGeneration, what AutoModelForCausalLM returns for Gemma-3 4B
+        # and up; Llava, ...) builds the decoder's per-layer masks itself and hands it a dict, without the 2D
+        # padding mask every compressed layer needs its own mask from.
+        raise ValueError(
+            f"EvolKVCache does not support {type(model).__name__}: it wraps the language model of model type "
+            f"{getattr(text_config, 'model_type', '?')!r} with another encoder (its config has a text_config) "
+            "and builds the decoder's attention masks itself. Load the text-only model class instead (e.g. "
+            "Gemma3ForCausalLM for Gemma 3)."
+        )
+    return text_config
 
 
 def _check_architecture(config: Any, layer_types: list[str], model_type: str) -> None:

@@ -15,6 +15,7 @@ No transformers class is modified: hooks are registered on module instances and 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable
@@ -182,43 +183,45 @@ def _inside_chunked_prefill(max_depth: int = 12) -> bool:
 def _make_attention_pre_hook(
     recipe: QueryRecipe,
 ) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]] | None]:
-    def hook(
-        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        cache = _call_cache(kwargs)
-        if cache is None:
-            return None
-        layer_idx: int = module.layer_idx  # type: ignore[assignment]
-        layer = cache._compressing_layer(layer_idx)
-        if layer is None:
-            return None
-        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-        if not isinstance(hidden_states, torch.Tensor):
-            raise ValueError(
-                f"EvolKVCache could not find the hidden states passed to {type(module).__name__}; this "
-                "architecture is not supported."
-            )
-        query_length = hidden_states.shape[1]
-        if not layer.prefilled:
-            if query_length > layer.budget:
-                _stash_prefill(cache, layer, module, recipe, hidden_states, kwargs)
-            return None
-        if (
-            query_length == 1
-            and kwargs.get("attention_mask") is None
-            and cache._mask_kinds[layer_idx] == "full"
-            and not cache._has_padding()
-        ):
-            # One new token, nothing padded, full attention, and the model's mask function chose no mask (sdpa,
-            # flash): the token may see every stored entry of every such layer, whatever their number, so no mask
-            # is right for all. (A sliding-window layer may need one where the model's reference layer did not.)
-            return None
-        kwargs["attention_mask"] = cache._layer_mask(
-            module.config, hidden_states, kwargs.get("position_ids"), layer_idx
-        )
-        return args, kwargs
+    # A partial of a module-level function, not a closure, so that a hooked model still pickles (torch.save).
+    return functools.partial(_attention_pre_hook, recipe)
 
-    return hook
+
+def _attention_pre_hook(
+    recipe: QueryRecipe, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    cache = _call_cache(kwargs)
+    if cache is None:
+        return None
+    layer_idx: int = module.layer_idx  # type: ignore[assignment]
+    layer = cache._compressing_layer(layer_idx)
+    if layer is None:
+        return None
+    hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+    if not isinstance(hidden_states, torch.Tensor):
+        raise ValueError(
+            f"EvolKVCache could not find the hidden states passed to {type(module).__name__}; this "
+            "architecture is not supported."
+        )
+    query_length = hidden_states.shape[1]
+    if not layer.prefilled:
+        if query_length > layer.budget:
+            _stash_prefill(cache, layer, module, recipe, hidden_states, kwargs)
+        return None
+    if (
+        query_length == 1
+        and kwargs.get("attention_mask") is None
+        and cache._mask_kinds[layer_idx] == "full"
+        and not cache._has_padding()
+    ):
+        # One new token, nothing padded, full attention, and the model's mask function chose no mask (sdpa,
+        # flash): the token may see every stored entry of every such layer, whatever their number, so no mask
+        # is right for all. (A sliding-window layer may need one where the model's reference layer did not.)
+        return None
+    kwargs["attention_mask"] = cache._layer_mask(
+        module.config, hidden_states, kwargs.get("position_ids"), layer_idx
+    )
+    return args, kwargs
 
 
 def _stash_prefill(

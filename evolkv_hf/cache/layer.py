@@ -122,15 +122,22 @@ class EvolKVLayer(DynamicLayer):
         count = -tokens_to_remove
         if count == 0 or not self.is_initialized or self.keys is None or self.values is None:
             return
-        if count > self.contiguous_tail:
-            raise ValueError(
-                f"Cannot crop {count} tokens: only the last {self.contiguous_tail} stored tokens are contiguous; "
-                "earlier prompt tokens were compressed and cannot be rolled back."
-            )
+        self.check_crop(count)
         self.keys = self.keys[..., :-count, :]
         self.values = self.values[..., :-count, :]
         self.seen -= count
         self._tail_delta -= count
+
+    def check_crop(self, count: int) -> None:
+        """Raise ``ValueError`` if the last ``count`` tokens cannot be removed (they were compressed)."""
+        if self.is_initialized and self.keys is not None and count > self.contiguous_tail:
+            raise ValueError(
+                f"Cannot crop {count} tokens: only the last {self.contiguous_tail} stored tokens are contiguous; "
+                "earlier prompt tokens were compressed and cannot be rolled back. Assisted and prompt-lookup "
+                "decoding draft tokens in the prefill, where they are compressed with the prompt: keep every "
+                "layer's budget and window_size above the number of drafted tokens (num_assistant_tokens, "
+                "prompt_lookup_num_tokens)."
+            )
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.stored_length > 0:

@@ -2,9 +2,12 @@
 
 ``Cache.update`` receives keys and values but no queries, so a forward pre-hook on each attention module
 recomputes the queries of the last ``window`` tokens exactly as the module will: projection (``q_proj``, or
-the first ``num_heads * head_dim`` columns of a fused ``qkv_proj``), ``q_norm`` where present (Qwen3,
-Gemma3), then RoPE with the module file's own ``apply_rotary_pos_emb`` and the ``position_embeddings`` the
-decoder layer passes, sliced to the window.
+the first ``num_heads * head_dim`` columns of a fused ``qkv_proj``), ``q_norm`` where present (per head in
+Qwen3 and Gemma3; over the whole projection in OLMo2), ``q_layernorm`` where present (Phi, StableLM, after the
+split into heads), then RoPE with the module file's own ``apply_rotary_pos_emb`` and the
+``position_embeddings`` the decoder layer passes, sliced to the window; when those cover fewer dimensions
+than a head (partial rotary, which Phi and StableLM apply in the module's forward) only the first ones are
+rotated.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class QueryRecipe:
     head_dim: int
     fused_qkv: bool
     apply_rotary: RotaryFn
+    q_norm_on_projection: bool = False
+    """``q_norm`` normalises the whole projection before the split into heads (OLMo2), not each head."""
 
     @classmethod
     def for_module(cls, module: nn.Module, model_type: str) -> QueryRecipe:
@@ -52,7 +57,12 @@ class QueryRecipe:
                 f"EvolKVCache does not support model type {model_type!r}: no `apply_rotary_pos_emb` was found in "
                 f"{type(module).__module__}."
             )
-        return cls(head_dim=head_dim, fused_qkv=fused, apply_rotary=rotary)
+        q_norm = getattr(module, "q_norm", None)
+        weight = getattr(q_norm, "weight", None) if isinstance(q_norm, nn.Module) else None
+        on_projection = isinstance(weight, torch.Tensor) and weight.dim() == 1 and weight.shape[0] != head_dim
+        return cls(
+            head_dim=head_dim, fused_qkv=fused, apply_rotary=rotary, q_norm_on_projection=on_projection
+        )
 
 
 def window_queries(
@@ -78,16 +88,26 @@ def window_queries(
             projected = fused[..., : num_heads * recipe.head_dim]
         else:
             projected = _call(module, "q_proj", states)
-        queries = projected.view(batch, length, -1, recipe.head_dim)
         q_norm = getattr(module, "q_norm", None)
-        if isinstance(q_norm, nn.Module):
+        if isinstance(q_norm, nn.Module) and recipe.q_norm_on_projection:
+            projected = q_norm(projected)
+        queries = projected.view(batch, length, -1, recipe.head_dim)
+        if isinstance(q_norm, nn.Module) and not recipe.q_norm_on_projection:
             queries = q_norm(queries)
         queries = queries.transpose(1, 2)
+        q_layernorm = getattr(
+            module, "q_layernorm", None
+        )  # Phi, StableLM: on (batch, heads, length, head_dim)
+        if isinstance(q_layernorm, nn.Module):
+            queries = q_layernorm(queries)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             cos, sin = cos[:, -length:], sin[:, -length:]
+            rotary = cos.shape[-1]
+            rotated, passed = queries[..., :rotary], queries[..., rotary:]
             # The rotary function also rotates a key tensor; hand it one head so that no work is wasted.
-            queries, _ = recipe.apply_rotary(queries, queries[:, :1], cos, sin)
+            rotated, _ = recipe.apply_rotary(rotated, rotated[:, :1], cos, sin)
+            queries = torch.cat((rotated, passed), dim=-1) if passed.shape[-1] else rotated
     return queries
 
 
