@@ -95,9 +95,8 @@ def window_queries(
         if isinstance(q_norm, nn.Module) and not recipe.q_norm_on_projection:
             queries = q_norm(queries)
         queries = queries.transpose(1, 2)
-        q_layernorm = getattr(
-            module, "q_layernorm", None
-        )  # Phi, StableLM: on (batch, heads, length, head_dim)
+        # Phi, StableLM: a norm on (batch, heads, length, head_dim), StableLM's with one weight per head.
+        q_layernorm = getattr(module, "q_layernorm", None)
         if isinstance(q_layernorm, nn.Module):
             queries = q_layernorm(queries)
         if position_embeddings is not None:

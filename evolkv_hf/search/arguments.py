@@ -131,9 +131,8 @@ class SearchArguments:
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})
 
     def __post_init__(self) -> None:
-        if isinstance(
-            self.output_dir, os.PathLike
-        ):  # stored as str: checkpoints record the arguments as JSON
+        # Stored as str: checkpoints record the arguments as JSON.
+        if isinstance(self.output_dir, os.PathLike):
             self.output_dir = os.fspath(self.output_dir)
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}.")

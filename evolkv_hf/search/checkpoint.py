@@ -67,9 +67,8 @@ def save_checkpoint(
                 handle.flush()
                 os.fsync(handle.fileno())
         replaced: Path | None = None
-        if (
-            target.exists()
-        ):  # the same generation again (Ctrl-C): the old copy goes only once the new is in place
+        # The same generation again (Ctrl-C): the old copy goes only once the new one is in place.
+        if target.exists():
             replaced = Path(tempfile.mkdtemp(prefix=f".{PREFIX}{number}.tmp-replaced-", dir=root))
             os.replace(target, replaced / target.name)
         os.replace(temporary, target)
