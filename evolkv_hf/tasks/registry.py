@@ -185,7 +185,8 @@ def load_task(
     -------
     datasets.Dataset
         Columns ``context, question, answer_prefix, answers, max_new_tokens, task, mode,
-        context_length, depth, seed, index``.
+        context_length, depth, seed, index``. Without ``depths``, the needle depths rise from 0 to 1 with the
+        sample index: to split samples into a search set and a held-out set, use :func:`load_task_splits`.
 
     Raises
     ------
