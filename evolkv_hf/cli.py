@@ -433,9 +433,10 @@ def run_show(args: argparse.Namespace) -> int:
     allocation = BudgetAllocation.from_pretrained(args.allocation, revision=args.revision, token=args.token)
     print(format_allocation(allocation, source=args.allocation))
     if args.plot:
-        figure = allocation.plot()
-        figure.savefig(args.plot, dpi=100)
-        print(f"\nplot: {args.plot}")
+        # matplotlib adds ".png" to a name without an extension: report the file it writes.
+        path = args.plot if Path(args.plot).suffix else f"{args.plot}.png"
+        allocation.plot().savefig(path, dpi=100)
+        print(f"\nplot: {path}")
     return 0
 
 
@@ -451,7 +452,8 @@ def add_push_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         "push",
         help="upload a saved allocation to the Hugging Face Hub",
         description="Upload allocation.json, its model card and its chart to a Hub model repo (created if "
-        "needed), in one commit.",
+        "needed), in one commit. A model card you edited is uploaded as it is; an unedited one is regenerated "
+        "so that its usage snippet names the repo.",
         example="evolkv push ./my-allocation user/smollm2-evolkv-c128 --private",
     )
     parser.add_argument("allocation", metavar="ALLOCATION_DIR", help="directory written by save_pretrained")
@@ -472,10 +474,17 @@ def run_push(args: argparse.Namespace) -> int:
             f"{args.allocation!r} is not a local directory; pass the folder that holds allocation.json."
         )
     allocation = BudgetAllocation.from_pretrained(args.allocation)
-    url = allocation.push_to_hub(
-        args.repo_id, private=args.private or None, token=args.token, endpoint=args.endpoint
+    # The directory's own chart and, when it was edited, its model card are what gets uploaded.
+    commit, kept_card = allocation._push(
+        args.repo_id,
+        private=args.private or None,
+        token=args.token,
+        endpoint=args.endpoint,
+        saved_directory=Path(args.allocation),
     )
-    print(f"pushed {args.allocation} to {args.repo_id}: {url}")
+    print(f"pushed {args.allocation} to {commit.repo_url.repo_id}: {commit}")
+    if kept_card:
+        print("The directory's README.md differs from the generated model card and was uploaded as it is.")
     return 0
 
 

@@ -229,6 +229,12 @@ def test_for_model_reads_text_config_and_base_model() -> None:
     composite = SimpleNamespace(get_text_config=lambda decoder=False: text, _name_or_path="/local/ckpt")
     alloc = BudgetAllocation.for_model(composite, 32)
     assert alloc.num_layers == 5 and alloc.base_model is None  # a local path is not a Hub id
+    # Regression: the config's commit was recorded as the revision of another base_model given by the caller.
+    config._commit_hash = "a" * 40
+    model = SimpleNamespace(config=config, name_or_path="org/base-a")
+    assert BudgetAllocation.for_model(model, 64).base_model_revision == "a" * 40
+    other = BudgetAllocation.for_model(model, 64, base_model="org/other-b")
+    assert (other.base_model, other.base_model_revision) == ("org/other-b", None)
     with pytest.raises(ValueError, match="num_hidden_layers"):
         BudgetAllocation.for_model(SimpleNamespace(config=SimpleNamespace()), 32)
     with pytest.raises(ValueError, match="kind"):
@@ -646,6 +652,34 @@ def test_save_pretrained_with_push_names_the_resolved_repo_in_the_local_card(
     assert local_card == fake_hub.files("user/my-alloc")["README.md"]
     # Saving the same allocation again for the same repo is the no-op it was.
     alloc.save_pretrained(directory, repo_id="user/my-alloc")
+
+
+def test_resaving_keeps_a_hand_made_chart(tmp_path: Path) -> None:
+    # Regression: a second save of the same allocation refused an edited README.md but silently replaced an
+    # edited budgets.png.
+    alloc = BudgetAllocation.pyramid(4, 64)
+    alloc.save_pretrained(tmp_path)
+    alloc.save_pretrained(tmp_path)  # unchanged files: allowed
+    (tmp_path / "budgets.png").write_bytes(b"\x89PNG my own chart")
+    with pytest.raises(FileExistsError, match=r"budgets\.png differs from the chart"):
+        alloc.save_pretrained(tmp_path)
+    assert (tmp_path / "budgets.png").read_bytes() == b"\x89PNG my own chart"
+    alloc.save_pretrained(tmp_path, overwrite=True)
+    assert (tmp_path / "budgets.png").read_bytes() != b"\x89PNG my own chart"
+
+
+def test_a_push_without_a_chart_removes_the_old_one(
+    fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: without matplotlib nothing new was drawn, and the repo kept the chart of the previous push,
+    # which showed other budgets.
+    from evolkv_hf.allocation import allocation as allocation_module
+
+    BudgetAllocation(budgets=[40, 20, 12]).push_to_hub("me/a", token="fake", endpoint=fake_hub.url)
+    assert "budgets.png" in fake_hub.files("me/a")
+    monkeypatch.setattr(allocation_module, "_can_plot", lambda: False)
+    BudgetAllocation(budgets=[12, 20, 40]).push_to_hub("me/a", token="fake", endpoint=fake_hub.url)
+    assert "budgets.png" not in fake_hub.files("me/a")
 
 
 def test_missing_repo_and_missing_file_on_hub(fake_hub: FakeHub, tmp_path: Path) -> None:

@@ -273,6 +273,36 @@ def test_push_to_a_local_hub(allocation_dir: Path, fake_hub: Any, capsys: pytest
     assert "error: Pushing the allocation" in capsys.readouterr().err
 
 
+def test_push_uploads_an_edited_card_and_names_the_resolved_repo(
+    allocation_dir: Path, fake_hub: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `evolkv push` regenerated the card, so text the user added (as the publishing tutorial asks)
+    # never reached the Hub, without a word.
+    argv = ["push", str(allocation_dir), "bare-name", "--token", "fake", "--endpoint", fake_hub.url]
+    assert main(argv) == 0  # an unedited card is regenerated for the repo
+    out = capsys.readouterr().out
+    assert "to user/bare-name:" in out and "uploaded as it is" not in out
+    pushed = fake_hub.files("user/bare-name")
+    assert b'EvolKVCache.from_pretrained("user/bare-name", model)' in pushed["README.md"]
+    assert pushed["budgets.png"] == (allocation_dir / "budgets.png").read_bytes()
+    card = allocation_dir / "README.md"
+    card.write_text(card.read_text() + "\nOn our data it beats PyramidKV by 3 points.\n")
+    assert main(argv) == 0
+    assert "uploaded as it is" in capsys.readouterr().out
+    pushed_card = fake_hub.files("user/bare-name")["README.md"].decode()
+    assert "beats PyramidKV by 3 points" in pushed_card
+    assert "<namespace>/<this-repo>" not in pushed_card and "user/bare-name" in pushed_card
+
+
+def test_show_plot_reports_the_file_it_writes(
+    allocation_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # matplotlib appends ".png" to a name without extension; the command printed the name as given.
+    assert main(["show", str(allocation_dir), "--plot", str(tmp_path / "chart")]) == 0
+    assert f"plot: {tmp_path / 'chart.png'}" in capsys.readouterr().out
+    assert (tmp_path / "chart.png").is_file()
+
+
 def test_search_end_to_end_with_config_and_resume(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

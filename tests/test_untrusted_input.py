@@ -111,6 +111,12 @@ CORRUPT = [
         ValueError,
         "metric_value must be finite",
     ),
+    (  # Regression: float() of a 401-digit integer raised a bare OverflowError that named no file.
+        "integer-overflows-a-float",
+        raw_json('"budgets": [8], "metric_value": 1' + "0" * 400),
+        ValueError,
+        "metric_value must be finite",
+    ),
     # lengths
     (
         "a-million-layers",

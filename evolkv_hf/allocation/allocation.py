@@ -25,7 +25,14 @@ from .._validation import POOLINGS, check_positive_int
 from ..versions import package_versions
 from .arithmetic import distribute, pyramid_weights, resolve_floor, target_total
 from .hub import ALLOCATION_FILE, AllocationPushError, atomic_write, locate_allocation_file, read_json_file
-from .model_card import PAPER_URL, PLOT_FILE, RESCALED_FROM, looks_like_repo_id, render_model_card
+from .model_card import (
+    PAPER_URL,
+    PLACEHOLDER_REPO,
+    PLOT_FILE,
+    RESCALED_FROM,
+    looks_like_repo_id,
+    render_model_card,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -102,9 +109,12 @@ def _opt_float(
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number or None, got {type(value).__name__} {value!r}.")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int with hundreds of digits
+        number = math.inf
     if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value}.")
+        raise ValueError(f"{name} must be finite, got {reprlib.repr(value)}.")
     if minimum is not None and (number <= minimum if strict else number < minimum):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}.")
     return number
@@ -411,8 +421,10 @@ class BudgetAllocation(
                 f"`num_hidden_layers` on its (text) config, got {num_layers!r}. Pass a model or config, or use "
                 "BudgetAllocation.uniform(num_layers, mean_budget)."
             )
-        if isinstance(name, str) and looks_like_repo_id(name):
-            kwargs.setdefault("base_model", name)
+        if isinstance(name, str) and looks_like_repo_id(name) and kwargs.get("base_model") in (None, name):
+            # The config's commit is this model's: it is recorded only for this model, not for another
+            # base_model given by the caller.
+            kwargs["base_model"] = name
             commit = getattr(config, "_commit_hash", None)
             if isinstance(commit, str) and commit:
                 kwargs.setdefault("base_model_revision", commit)
@@ -560,14 +572,28 @@ class BudgetAllocation(
         kwargs.setdefault("package_versions", {})
         return cls(**kwargs)
 
+    def _chart_bytes(self) -> bytes | None:
+        """``budgets.png`` as written by :meth:`save_pretrained` (``None`` without matplotlib)."""
+        if not _can_plot():
+            return None
+        buffer = io.BytesIO()
+        self.plot().savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+        return buffer.getvalue()
+
+    def _holds_this_allocation(self, directory: Path) -> bool:
+        try:
+            saved = json.loads((directory / ALLOCATION_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return bool(saved == self.to_dict())
+
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``budgets.png`` (when matplotlib is installed) and ``allocation.json`` atomically."""
         plot_path = save_directory / PLOT_FILE
-        if _can_plot():
-            buffer = io.BytesIO()
-            self.plot().savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-            atomic_write(plot_path, buffer.getvalue())
-        else:
+        chart = self._chart_bytes()
+        if chart is not None:
+            atomic_write(plot_path, chart)
+        elif not self._holds_this_allocation(save_directory):
             plot_path.unlink(missing_ok=True)  # never leave the chart of a previous allocation behind
         payload = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         atomic_write(save_directory / ALLOCATION_FILE, payload.encode("utf-8"))
@@ -632,7 +658,7 @@ class BudgetAllocation(
         self._save_pretrained(directory)
         atomic_write(directory / _CARD_FILE, card)
         if push_to_hub:
-            commit = self._push(
+            commit, _ = self._push(
                 repo_id or directory.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
             )
             # The local card names the repo it was pushed to (with the namespace the Hub resolved), like the
@@ -647,11 +673,7 @@ class BudgetAllocation(
             return
         existing = directory / ALLOCATION_FILE
         if existing.exists():
-            try:
-                same = json.loads(existing.read_text(encoding="utf-8")) == self.to_dict()
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                same = False
-            if not same:
+            if not self._holds_this_allocation(directory):
                 raise FileExistsError(
                     f"{directory} already contains a different allocation ({ALLOCATION_FILE}). Pass "
                     "overwrite=True to replace it, or choose another directory."
@@ -663,6 +685,13 @@ class BudgetAllocation(
                 raise FileExistsError(
                     f"{existing_card} differs from the model card this save would write (edited by hand, or "
                     "written for another repo id). Pass overwrite=True to replace it, or choose another directory."
+                )
+            existing_chart = directory / PLOT_FILE
+            chart = self._chart_bytes() if existing_chart.is_file() else None
+            if chart is not None and existing_chart.read_bytes() != chart:
+                raise FileExistsError(
+                    f"{existing_chart} differs from the chart this save would write (replaced by hand?). Pass "
+                    "overwrite=True to replace it, or choose another directory."
                 )
             return
         foreign = [name for name in _OWN_FILES if (directory / name).exists()]
@@ -800,21 +829,20 @@ class BudgetAllocation(
             raise TypeError(
                 "BudgetAllocation.push_to_hub does not take `config`: allocation.json holds everything."
             )
-        return str(
-            self._push(
-                repo_id,
-                commit_message=commit_message,
-                private=private,
-                token=token,
-                branch=branch,
-                create_pr=create_pr,
-                allow_patterns=allow_patterns,
-                ignore_patterns=ignore_patterns,
-                delete_patterns=delete_patterns,
-                model_card_kwargs=model_card_kwargs,
-                endpoint=endpoint,
-            )
+        commit, _ = self._push(
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            branch=branch,
+            create_pr=create_pr,
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+            delete_patterns=delete_patterns,
+            model_card_kwargs=model_card_kwargs,
+            endpoint=endpoint,
         )
+        return str(commit)
 
     def _push(
         self,
@@ -830,8 +858,10 @@ class BudgetAllocation(
         delete_patterns: list[str] | str | None = None,
         model_card_kwargs: dict[str, Any] | None = None,
         endpoint: str | None = None,
-    ) -> CommitInfo:
-        """:meth:`push_to_hub`, returning the ``CommitInfo`` (it names the resolved repo id)."""
+        saved_directory: Path | None = None,
+    ) -> tuple[CommitInfo, bool]:
+        """:meth:`push_to_hub`, returning the ``CommitInfo`` (it names the resolved repo id) and whether the
+        model card of ``saved_directory`` was uploaded as it is (see :meth:`_use_saved_files`)."""
         api = HfApi(endpoint=endpoint, token=token)
 
         def failed(err: Exception) -> AllocationPushError:  # any transport or HTTP failure: one clear error
@@ -850,6 +880,11 @@ class BudgetAllocation(
             # The card names the full repo id (with the namespace create_repo resolved), so its snippet works.
             card_kwargs = {**(model_card_kwargs or {}), "repo_id": repo_url.repo_id}
             self.save_pretrained(folder, model_card_kwargs=card_kwargs)
+            kept_card = saved_directory is not None and self._use_saved_files(
+                saved_directory, folder, repo_url.repo_id
+            )
+            if delete_patterns is None and not (folder / PLOT_FILE).exists():
+                delete_patterns = [PLOT_FILE]  # no chart this time: the repo must not keep an older one
             try:
                 commit = api.upload_folder(
                     repo_id=repo_url.repo_id,
@@ -864,7 +899,29 @@ class BudgetAllocation(
                 )
             except Exception as err:
                 raise failed(err) from err
-        return commit
+        return commit, kept_card
+
+    def _use_saved_files(self, saved: Path, folder: Path, repo_id: str) -> bool:
+        """Upload the chart and, when it was edited, the model card saved in ``saved`` instead of fresh ones.
+
+        A card that :meth:`save_pretrained` wrote unchanged (for no repo id, or for this one) is replaced by the
+        fresh card, which names the repo; any other card is the user's and is uploaded as it is, with the
+        placeholder repo id filled in. Returns whether the saved card was uploaded.
+        """
+        chart = saved / PLOT_FILE
+        if chart.is_file():
+            (folder / PLOT_FILE).write_bytes(chart.read_bytes())
+        card = saved / _CARD_FILE
+        if not card.is_file():
+            return False
+        text = card.read_text(encoding="utf-8")
+        generated = {
+            str(self.generate_model_card(repo_id=name, has_plot=chart.is_file())) for name in (None, repo_id)
+        }
+        if text in generated:
+            return False
+        (folder / _CARD_FILE).write_text(text.replace(PLACEHOLDER_REPO, repo_id), encoding="utf-8")
+        return True
 
     # -- plotting --------------------------------------------------------------------------------------------
     def plot(self, *, title: str | None = None) -> Figure:

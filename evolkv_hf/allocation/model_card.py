@@ -19,7 +19,7 @@ PAPER_URL = "https://arxiv.org/abs/2509.08315"
 PLOT_FILE = "budgets.png"
 RESCALED_FROM = "rescaled_from"
 """Key of ``extra`` under which :meth:`BudgetAllocation.rescale` keeps the scores measured before rescaling."""
-_PLACEHOLDER_REPO = "<namespace>/<this-repo>"
+PLACEHOLDER_REPO = "<namespace>/<this-repo>"
 
 _CITATION = (
     f"EvolKV, [arXiv:2509.08315]({PAPER_URL}) (Findings of EMNLP 2025): learned per-layer KV-cache budgets by "
@@ -78,7 +78,7 @@ def render_model_card(
         data.base_model = allocation.base_model
     a = allocation
     model_name = a.base_model or f"a {a.num_layers}-layer model"
-    repo = repo_id or _PLACEHOLDER_REPO
+    repo = repo_id or PLACEHOLDER_REPO
     load_model = (
         f'model = AutoModelForCausalLM.from_pretrained("{a.base_model}")'
         if a.base_model
