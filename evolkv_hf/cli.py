@@ -673,7 +673,7 @@ def add_search_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     data.add_argument(
         "--eval-samples",
         type=_non_negative_int,
-        help="held-out samples generated with --task, at the same needle depths as the search samples "
+        help="held-out samples generated with --task, their needle depths spread over 0-1 like the search samples' "
         "(default: 0; with --dataset use --eval-dataset)",
     )
     data.add_argument(

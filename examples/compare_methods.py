@@ -43,8 +43,9 @@ def main() -> None:
         [int(b) for b in args.budgets.split(",")],
         output_dir=args.output_dir,
         batch_size=4,
-    )
-    print(report.to_table())
+    )  # prints the table as it finishes
+    best = report.best_heuristic(max(report.budgets))
+    print(f"best heuristic at {best.budget}: {best.method} {best.format_score()}")
 
 
 if __name__ == "__main__":
