@@ -19,6 +19,15 @@ from typing import Any
 
 import torch
 
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--repeats 0`` used to fail only after the model had loaded)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 CLEAR_REFS = Path("/proc/self/clear_refs")
 # For the one-configuration-per-process memory runs: glibc returns blocks of 64 KiB and more to the system when
 # freed (mmap), so the process's resident peak follows what is live rather than what the allocator kept.

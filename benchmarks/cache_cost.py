@@ -36,7 +36,7 @@ from evolkv_hf.cache import kv_memory_bytes
 from evolkv_hf.demo import load_demo_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import machine, time_decode, time_prefill
+from _measure import machine, positive_int, time_decode, time_prefill
 
 RESULTS = Path(__file__).parent / "results" / "cache_cost.json"
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--lengths", default="2048,4096,8192")
     parser.add_argument("--budget", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

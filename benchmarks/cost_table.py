@@ -49,6 +49,7 @@ from _measure import (
     PeakMemory,
     kv_bytes,
     machine,
+    positive_int,
     prompt_ids,
     run_memory_job,
     synchronize,
@@ -279,7 +280,8 @@ def _allocations(model: Any, args: argparse.Namespace, budgets: list[int]) -> di
 def kvpress_python(venv: Path) -> Path:
     """The kvpress virtual environment's interpreter, creating the environment on first use."""
     python = venv / "bin" / "python"
-    if python.exists():
+    ready = venv / ".installed"  # written last: an interrupted or failed install is redone, not reused
+    if ready.exists():
         return python
     print(f"creating kvpress's virtual environment in {venv} (once; about 2 minutes)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -297,6 +299,7 @@ def kvpress_python(venv: Path) -> Path:
         ],
         check=True,
     )
+    ready.touch()
     return python
 
 
@@ -463,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lengths", default="1024,2048,4096,8192")
     parser.add_argument("--budgets", default="64,128,256,512")
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument(
         "--allocation", type=Path, default=None, help="non-uniform allocation directory to rescale"
     )

@@ -124,3 +124,12 @@ def test_run_memory_job_runs_one_configuration_in_a_fresh_process(tmp_path: Path
     peak, method = run_memory_job(str(script), {"length": 21}, ["--dtype", "bf16"])
     assert peak == 42
     assert method == MEMORY_RUN_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"] + ":bf16"
+
+
+def test_repeats_must_be_positive() -> None:
+    # Regression: --repeats 0 failed at statistics.median([]) after the model had loaded.
+    from _measure import positive_int
+
+    assert positive_int("3") == 3
+    with pytest.raises(ValueError, match="integer >= 1"):
+        positive_int("0")

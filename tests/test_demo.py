@@ -319,3 +319,20 @@ def test_demo_job_runs_end_to_end(
         assert method in out
     allocation = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
     assert allocation.total == 64 * 30
+
+
+def test_job_refuses_a_used_output_dir_before_loading_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: a non-empty --output-dir failed with a FileExistsError traceback after the model had loaded
+    # and the first step had run (`make demo DEMO_ARGS="--output-dir X"` twice).
+    from evolkv_hf.demo import job
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(job, "load_demo_model", no_model)
+    (tmp_path / "earlier-run.txt").write_text("keep me")
+    assert job.main(["--output-dir", str(tmp_path)]) == 2
+    assert "is not an empty directory" in capsys.readouterr().err
+    assert (tmp_path / "earlier-run.txt").read_text() == "keep me"

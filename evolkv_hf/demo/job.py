@@ -93,6 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..search import BudgetSearcher, CacheOptions, PrefillOnceEngine, SearchArguments
     from ..tasks import TaskDataUnavailableError, load_task
 
+    if args.output_dir is not None:
+        out = Path(args.output_dir)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            # Checked before the model loads: the search refuses to mix its files with another run's.
+            print(
+                f"error: --output-dir {out} exists and is not an empty directory; pass a new one (nothing there "
+                "is overwritten).",
+                file=sys.stderr,
+            )
+            return 2
     start = time.perf_counter()
     try:
         model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype))
