@@ -123,8 +123,9 @@ def greedy_generate(
     the plain path and the prefill-once engine decode identically.
 
     Greedy means the argmax at every step: settings a model ships in its ``generation_config`` that would
-    change it (a repetition penalty, n-gram bans, beams, a minimum length) are switched off, since
-    ``generate`` fills every setting left unset from there.
+    change it (a repetition penalty, n-gram bans, beams, a minimum length, suppressed tokens) are switched
+    off, since ``generate`` fills every setting left unset from there. (The prefill-once engine splits the
+    decoding in two ``generate`` calls, so a setting that counted steps from the start would apply twice.)
     """
     return model.generate(
         input_ids=input_ids,
@@ -138,6 +139,8 @@ def greedy_generate(
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
         min_new_tokens=0,  # takes precedence over a min_length in the model's generation_config
+        suppress_tokens=[],  # empty lists, not None: None would be filled in from the generation_config
+        begin_suppress_tokens=[],
         pad_token_id=pad_id,
         **{cache_keyword(model): cache},
     )

@@ -64,6 +64,8 @@ def test_decoding_is_greedy_whatever_the_model_generation_config_says():
     config = model.generation_config
     config.repetition_penalty, config.no_repeat_ngram_size, config.num_beams = 1.5, 1, 2
     config.min_new_tokens = 3
+    # Step-counting settings applied twice in the prefill-once engine's two generate calls.
+    config.begin_suppress_tokens, config.suppress_tokens = [6], [43]
     for name, engine in (("plain", PlainEngine), ("prefill_once", PrefillOnceEngine)):
         got = engine(model, IdTokenizer(), samples, options, batch_size=2).answers([8, 20, 12])
         assert got == expected[name], name
@@ -77,6 +79,24 @@ def test_memory_cap_recomputes_samples_beyond_it():
     assert sum(entry is not None for entry in capped.prefilled) == 1
     plain = PlainEngine(model, IdTokenizer(), samples, options)
     assert capped.answers([8, 20, 12]) == plain.answers([8, 20, 12])
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_stored_prefills_own_compact_tensors_and_count_them_all(family):
+    # Regression: Phi3's stored values were views of the fused qkv output, which stayed alive whole (2.6x what
+    # the memory cap counted for a tiny model), and the rankings were not counted at all.
+    model = tiny_model(family)
+    engine = PrefillOnceEngine(
+        model, IdTokenizer(), encoded_samples(2, QUERY_AWARE), CacheOptions(window_size=4, kernel_size=3)
+    )
+    held = 0
+    for entry in engine.prefilled:
+        assert entry is not None
+        tensors = [t for t in (*entry.keys, *entry.values, *entry.rankings) if t is not None]
+        for tensor in tensors:
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+        held += sum(t.numel() * t.element_size() for t in tensors)
+    assert engine.stored_bytes == held
 
 
 def test_budget_below_window_is_refused():

@@ -112,8 +112,15 @@ class _RankingLayer(EvolKVLayer):
         window = min(self.options.window_size, length)
         device = self.storage_device or key_states.device
         self.ranking = rank_positions(self.score_prefix(key_states, pending, window)).to(device)
-        self.keys, self.values = key_states.to(device), value_states.to(device)
+        # Own compact copies: a view would keep its whole base alive (Phi3's values are a slice of the fused qkv
+        # output), and the memory cap counts only what is stored.
+        self.keys, self.values = _own_copy(key_states, device), _own_copy(value_states, device)
         return key_states, value_states
+
+
+def _own_copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    moved = tensor.to(device)
+    return moved.clone(memory_format=torch.contiguous_format) if moved is tensor else moved.contiguous()
 
 
 @dataclass
@@ -128,7 +135,9 @@ class _Prefilled:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+        """Bytes held: keys, values and rankings (each tensor owns its storage, see ``_own_copy``)."""
+        tensors = (*self.keys, *self.values, *self.rankings)
+        return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
 
 
 class PrefillOnceEngine:

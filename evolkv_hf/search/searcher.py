@@ -228,11 +228,15 @@ class BudgetSearcher:
             self.args.target_budget, floor=self.args.min_budget, cap=self.args.max_budget
         ).budgets
 
+    def _evaluated_budgets(self, budgets: list[int]) -> list[int]:
+        """The scheme a candidate is scored as (projected onto the target mean under ``constraint="project"``)."""
+        return self._project(budgets) if self.args.constraint == "project" else list(budgets)
+
     def _evaluate_candidate(self, budgets: list[int]) -> dict[str, Any]:
         """Fitness record of one scheme (computed once; later calls hit the cache)."""
         args = self.args
-        evaluated = self._project(budgets) if args.constraint == "project" else list(budgets)
-        key = ",".join(map(str, evaluated))
+        evaluated = self._evaluated_budgets(budgets)
+        key = _cache_key(evaluated)
         if key in self._fitness_cache:
             return {**self._fitness_cache[key], "cached": True}
         start = time.perf_counter()
@@ -282,15 +286,24 @@ class BudgetSearcher:
         from accelerate.utils import gather_object
 
         state = PartialState()
-        indexed = list(enumerate(candidates))
-        with state.split_between_processes(indexed) as mine:
+        # Each scheme not scored yet is scored once, by one process; repeats (rounding makes them common) and
+        # schemes of earlier generations then come from the cache, as in a single process.
+        first: dict[str, tuple[int, list[int]]] = {}
+        for index, budgets in enumerate(candidates):
+            key = _cache_key(self._evaluated_budgets(budgets))
+            if key not in self._fitness_cache and key not in first:
+                first[key] = (index, budgets)
+        with state.split_between_processes(list(first.values())) as mine:
             local = [(index, self._evaluate_candidate(budgets)) for index, budgets in mine]
-        gathered = gather_object(local)
-        by_index = dict(gathered)
-        records = [by_index[i] for i in range(len(candidates))]
+        fresh = dict(gather_object(local))
+        for record in fresh.values():
+            self._fitness_cache.setdefault(
+                _cache_key(record["budgets"]), {k: v for k, v in record.items() if k != "cached"}
+            )
+        records = [
+            fresh.get(index) or self._evaluate_candidate(budgets) for index, budgets in enumerate(candidates)
+        ]
         for record in records:
-            key = ",".join(map(str, record["budgets"]))
-            self._fitness_cache.setdefault(key, {k: v for k, v in record.items() if k != "cached"})
             self._fire("on_candidate_evaluated", record=record, population=len(candidates))
         return records
 
@@ -791,3 +804,8 @@ def _process_info() -> tuple[bool, int, int]:
     # On a machine without accelerators the processes talk over gloo (accelerate's MULTI_CPU).
     state = PartialState(cpu=not torch.cuda.is_available())
     return state.is_main_process, state.process_index, state.num_processes
+
+
+def _cache_key(budgets: Sequence[int]) -> str:
+    """Key of a scheme in the fitness cache."""
+    return ",".join(map(str, budgets))
