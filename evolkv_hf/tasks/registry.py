@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -211,6 +212,8 @@ def load_task(
         )
     if max_new_tokens is not None:
         check_positive_int("max_new_tokens", max_new_tokens)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        seed = int(seed)  # numpy integers too, as for context_length and num_samples
     rows = spec.generator(tokenizer, context_length, num_samples, seed, **task_options)
     for row in rows:
         row["mode"] = mode
