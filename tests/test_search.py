@@ -70,13 +70,13 @@ def small_args(tmp_path, **overrides) -> SearchArguments:
     return SearchArguments(**settings)
 
 
-def make_searcher(tmp_path, callbacks=None, **overrides) -> BudgetSearcher:
+def make_searcher(tmp_path, callbacks=None, metric=digit_overlap, **overrides) -> BudgetSearcher:
     return BudgetSearcher(
         tiny_model("llama", num_layers=3),
         small_args(tmp_path, **overrides),
         dataset(),
         processing_class=tiny_tokenizer(),
-        metric=digit_overlap,
+        metric=metric,
         callbacks=callbacks,
     )
 
@@ -378,15 +378,8 @@ class TestClearErrors:
         def other_overlap(predictions, references):
             return digit_overlap(predictions, references)
 
-        other_metric = BudgetSearcher(
-            tiny_model("llama", num_layers=3),
-            small_args(tmp_path),
-            dataset(),
-            processing_class=tiny_tokenizer(),
-            metric=other_overlap,
-        )
         with pytest.raises(ValueError, match=r"metric='digit_overlap', now 'other_overlap'"):
-            other_metric.search(resume_from_checkpoint=True)
+            make_searcher(tmp_path, metric=other_overlap).search(resume_from_checkpoint=True)
         other_model = make_searcher(tmp_path)
         other_model.model.name_or_path = other_model.model.config._name_or_path = "someone/another-model"
         with pytest.raises(
