@@ -371,7 +371,10 @@ def _resolve_methods(methods: Any) -> list[_Method]:
         items: list[tuple[str | None, Any]] = []
         for part in methods.split(","):
             named = _LABELLED_METHOD.fullmatch(part.strip())
-            items.append((named["label"], named["spec"]) if named else (None, part))
+            if named and not os.path.exists(part.strip()):  # a folder may be called "lr=0.1"
+                items.append((named["label"], named["spec"]))
+            else:
+                items.append((None, part))
     elif isinstance(methods, (os.PathLike, BudgetAllocation)):
         items = [(None, methods)]
     elif isinstance(methods, Mapping):
@@ -570,6 +573,8 @@ def _run_state(run_dir: Path, config: dict[str, Any]) -> tuple[str, dict[str, An
     metrics = _read_json(run_dir / METRICS_FILE)
     if not isinstance(saved_config, dict) or not isinstance(metrics, dict) or "score" not in metrics:
         return "missing", None  # unreadable leftovers are redone
+    if "model_path" not in saved_config:  # written before local paths were recorded: judged as it was then
+        config = {key: value for key, value in config.items() if key != "model_path"}
     if _comparable(saved_config) != _comparable(config):
         return "conflict", None
     return "done", metrics

@@ -472,7 +472,7 @@ def test_a_hand_edited_card_of_the_same_allocation_is_not_replaced(tmp_path: Pat
     with pytest.raises(FileExistsError, match=r"README\.md differs .*overwrite=True"):
         alloc.save_pretrained(tmp_path)
     assert (tmp_path / "README.md").read_text() == edited
-    with pytest.raises(FileExistsError, match="another repo id"):
+    with pytest.raises(FileExistsError, match="edited by hand"):
         alloc.save_pretrained(tmp_path, repo_id="me/other")
     alloc.save_pretrained(tmp_path, overwrite=True)
     assert "Measured on my data" not in (tmp_path / "README.md").read_text()
@@ -636,6 +636,24 @@ def test_save_pretrained_with_push(fake_hub: FakeHub, tmp_path: Path) -> None:
     assert BudgetAllocation.from_pretrained(tmp_path / "me-alloc") == alloc
     assert json.loads(fake_hub.files("me/alloc")[ALLOCATION_FILE]) == alloc.to_dict()
     assert (tmp_path / "me-alloc" / "README.md").read_bytes() == fake_hub.files("me/alloc")["README.md"]
+
+
+def test_generated_cards_may_be_rewritten_edited_ones_may_not(fake_hub: FakeHub, tmp_path: Path) -> None:
+    # Regression: after save_pretrained(push_to_hub=True) rewrote the local card for the resolved repo id, the
+    # same call again raised "README.md differs from the model card this save would write".
+    from evolkv_hf.allocation.model_card import is_unedited_card
+
+    alloc = BudgetAllocation.pyramid(4, 64, task="demo")
+    directory = tmp_path / "name"
+    kwargs: dict[str, Any] = {"push_to_hub": True, "token": "fake", "endpoint": fake_hub.url}
+    alloc.save_pretrained(directory, **kwargs)
+    alloc.save_pretrained(directory, **kwargs)  # the generated card for "user/name" is rewritten
+    card = directory / "README.md"
+    assert is_unedited_card(card.read_text())
+    card.write_text(card.read_text().replace("## Usage", "## Usage (see our paper)"))
+    assert not is_unedited_card(card.read_text())
+    with pytest.raises(FileExistsError, match="edited by hand"):
+        alloc.save_pretrained(directory)
 
 
 def test_save_pretrained_with_push_names_the_resolved_repo_in_the_local_card(

@@ -198,10 +198,16 @@ def test_two_local_checkpoints_with_one_folder_name_do_not_share_runs(
         evaluate_methods(second, tokenizer, dataset, "uniform", [16], **kwargs)
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "runA" / "final")  # the same checkpoint: reused
     assert evaluate_methods(again, tokenizer, dataset, "uniform", [16], **kwargs).row("uniform", 16).reused
+    # Runs written before model_path was recorded are judged as they were then (reused, not refused).
+    (config_file,) = (tmp_path / "out").glob("*__uniform__16/config.json")
+    saved = json.loads(config_file.read_text())
+    del saved["model_path"]
+    config_file.write_text(json.dumps(saved))
+    assert evaluate_methods(second, tokenizer, dataset, "uniform", [16], **kwargs).row("uniform", 16).reused
 
 
 def test_labelled_allocations_in_a_comma_separated_string(
-    setup: tuple[Any, Any, Any], tmp_path: Path
+    setup: tuple[Any, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every `evolkv search` writes <output_dir>/allocation, so two searches could not be compared from the
     # command line: both were labelled "allocation", and only a Python mapping could name them.
@@ -216,6 +222,11 @@ def test_labelled_allocations_in_a_comma_separated_string(
     labelled = f"uniform, a={tmp_path / 'a' / 'allocation'},b={tmp_path / 'b' / 'allocation'}"
     report = evaluate_methods(model, tokenizer, dataset, labelled, [16], metric="string_match_part", **SMALL)
     assert [row.method for row in report.rows] == ["uniform", "a", "b"]
+    # A folder whose name looks like label=path (a sweep's "lr=0.1") is still a folder.
+    monkeypatch.chdir(tmp_path)
+    BudgetAllocation(budgets=[12, 20, 40], window_size=8, kernel_size=3).save_pretrained("lr=0.1")
+    report = evaluate_methods(model, tokenizer, dataset, "lr=0.1", [16], metric="string_match_part", **SMALL)
+    assert [row.method for row in report.rows] == ["lr=0.1"]
 
 
 def test_rows_know_what_ran_and_the_report_names_the_metric_key(setup: tuple[Any, Any, Any]) -> None:

@@ -617,6 +617,10 @@ class TestArgumentTypes:
         with pytest.raises(TypeError, match=rf"{name} must be True or False, got str 'false'"):
             small_args(tmp_path, **{name: "false"})
 
+    def test_numpy_bools_are_accepted(self, tmp_path):
+        args = small_args(tmp_path, overwrite_output_dir=np.bool_(True), greater_is_better=np.bool_(False))
+        assert args.overwrite_output_dir is True and args.greater_is_better is False
+
     def test_storage_device(self, tmp_path):
         assert small_args(tmp_path, engine_storage_device=torch.device("cpu")).engine_storage_device == "cpu"
         with pytest.raises(TypeError, match="engine_storage_device must be a device name"):

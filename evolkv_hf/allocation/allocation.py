@@ -30,6 +30,7 @@ from .model_card import (
     PLACEHOLDER_REPO,
     PLOT_FILE,
     RESCALED_FROM,
+    is_unedited_card,
     looks_like_repo_id,
     render_model_card,
 )
@@ -678,14 +679,18 @@ class BudgetAllocation(
                     f"{directory} already contains a different allocation ({ALLOCATION_FILE}). Pass "
                     "overwrite=True to replace it, or choose another directory."
                 )
-            # The same allocation: saving again may only rewrite files it would write identically. A model card
-            # edited by hand (or written for another repo id) is not replaced without overwrite=True.
+            # The same allocation: saving again may only rewrite what this library generated. A model card edited
+            # by hand (or one without the generated-card digest) is not replaced without overwrite=True; a
+            # generated one is, whatever the repo id or version it was written for.
             existing_card = directory / _CARD_FILE
-            if existing_card.is_file() and existing_card.read_bytes() != card:
-                raise FileExistsError(
-                    f"{existing_card} differs from the model card this save would write (edited by hand, or "
-                    "written for another repo id). Pass overwrite=True to replace it, or choose another directory."
-                )
+            if existing_card.is_file():
+                existing_text = existing_card.read_bytes()
+                if existing_text != card and not is_unedited_card(existing_text.decode("utf-8", "replace")):
+                    raise FileExistsError(
+                        f"{existing_card} differs from the model card this save would write and was edited by "
+                        "hand (or not written by evolkv_hf). Pass overwrite=True to replace it, or choose another "
+                        "directory."
+                    )
             existing_chart = directory / PLOT_FILE
             chart = self._chart_bytes() if existing_chart.is_file() else None
             if chart is not None and existing_chart.read_bytes() != chart:
@@ -881,7 +886,7 @@ class BudgetAllocation(
             card_kwargs = {**(model_card_kwargs or {}), "repo_id": repo_url.repo_id}
             self.save_pretrained(folder, model_card_kwargs=card_kwargs)
             kept_card = saved_directory is not None and self._use_saved_files(
-                saved_directory, folder, repo_url.repo_id
+                saved_directory, folder, card_kwargs
             )
             if delete_patterns is None and not (folder / PLOT_FILE).exists():
                 delete_patterns = [PLOT_FILE]  # no chart this time: the repo must not keep an older one
@@ -901,26 +906,28 @@ class BudgetAllocation(
                 raise failed(err) from err
         return commit, kept_card
 
-    def _use_saved_files(self, saved: Path, folder: Path, repo_id: str) -> bool:
+    def _use_saved_files(self, saved: Path, folder: Path, card_kwargs: dict[str, Any]) -> bool:
         """Upload the chart and, when it was edited, the model card saved in ``saved`` instead of fresh ones.
 
-        A card that :meth:`save_pretrained` wrote unchanged (for no repo id, or for this one) is replaced by the
-        fresh card, which names the repo; any other card is the user's and is uploaded as it is, with the
-        placeholder repo id filled in. Returns whether the saved card was uploaded.
+        A card this library generated and nobody edited (see :func:`is_unedited_card`) is replaced by the fresh
+        card, which names the repo; any other card is the user's and is uploaded as it is, with the placeholder
+        repo id filled in. Returns whether the saved card was uploaded.
         """
         chart = saved / PLOT_FILE
         if chart.is_file():
             (folder / PLOT_FILE).write_bytes(chart.read_bytes())
+            if not _can_plot():  # the fresh card was written without the chart it now has
+                fresh = self.generate_model_card(**{**card_kwargs, "has_plot": True})
+                (folder / _CARD_FILE).write_text(str(fresh), encoding="utf-8")
         card = saved / _CARD_FILE
         if not card.is_file():
             return False
         text = card.read_text(encoding="utf-8")
-        generated = {
-            str(self.generate_model_card(repo_id=name, has_plot=chart.is_file())) for name in (None, repo_id)
-        }
-        if text in generated:
+        if is_unedited_card(text):
             return False
-        (folder / _CARD_FILE).write_text(text.replace(PLACEHOLDER_REPO, repo_id), encoding="utf-8")
+        (folder / _CARD_FILE).write_text(
+            text.replace(PLACEHOLDER_REPO, card_kwargs["repo_id"]), encoding="utf-8"
+        )
         return True
 
     # -- plotting --------------------------------------------------------------------------------------------

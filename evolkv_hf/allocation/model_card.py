@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -13,7 +15,7 @@ from huggingface_hub.utils import validate_repo_id
 if TYPE_CHECKING:
     from .allocation import BudgetAllocation
 
-__all__ = ["looks_like_repo_id", "render_model_card"]
+__all__ = ["is_unedited_card", "looks_like_repo_id", "render_model_card"]
 
 PAPER_URL = "https://arxiv.org/abs/2509.08315"
 PLOT_FILE = "budgets.png"
@@ -155,7 +157,27 @@ def render_model_card(
     sections.append("## Provenance\n\n" + _table(("Field", "Value"), provenance))
     sections.append("## Citation\n\n" + _CITATION)
     body = "\n\n".join(sections)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+    text = f"---\n{data.to_yaml()}\n---\n\n{body}\n"
+    return ModelCard(text + _marker(text))
+
+
+# The last line of a generated card: a digest of everything above it. A card that still matches its digest was
+# not edited (whatever the version or repo id it was written for) and may be regenerated; one that does not is
+# the user's.
+_MARKER = "<!-- evolkv_hf generated this card; sha256 of the text above: {} -->\n"
+_MARKER_PATTERN = re.compile(
+    r"<!-- evolkv_hf generated this card; sha256 of the text above: ([0-9a-f]{64}) -->\n\Z"
+)
+
+
+def _marker(text: str) -> str:
+    return _MARKER.format(hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def is_unedited_card(text: str) -> bool:
+    """Whether ``text`` is a model card this library generated and nobody has edited since."""
+    match = _MARKER_PATTERN.search(text)
+    return match is not None and _marker(text[: match.start()]) == text[match.start() :]
 
 
 def _score_rows(

@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .._validation import POOLINGS, check_positive_int, check_positive_number
 
 CONSTRAINTS = ("penalty", "project")
@@ -138,6 +140,9 @@ class SearchArguments:
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}.")
         for name in ("overwrite_output_dir", "push_to_hub", "disable_tqdm", "greater_is_better"):
             value = getattr(self, name)
+            if isinstance(value, np.bool_):  # stored as a plain bool (checkpoints record it as JSON)
+                value = bool(value)
+                setattr(self, name, value)
             if not isinstance(value, bool) and not (name == "greater_is_better" and value is None):
                 raise TypeError(
                     f"{name} must be True or False, got {type(value).__name__} {value!r} (the string 'false' "
