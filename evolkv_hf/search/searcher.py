@@ -686,7 +686,7 @@ class BudgetSearcher:
         from ..metrics import metric_label
 
         return {
-            "model": hub_model_id(self.model) or model_name(self.model),
+            "model": model_name(self.model),  # the Hub id when there is one, else the folder name
             "model_revision": getattr(self.model.config, "_commit_hash", None),
             "metric": metric_label(self.metric),
             "metric_key": self.metric_key,
