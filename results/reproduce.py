@@ -6,7 +6,8 @@ For one task on the demo model (SmolLM2-135M-Instruct):
    the held-out set (disjoint by construction);
 2. for each seed, searches an allocation at ``--target-budget`` (EvolKV: group-wise CMA-ES, the task's
    partial-credit metric as f(S)) unless ``results/allocations/<name>/`` already holds it, and saves it
-   there with its model card;
+   there with its model card; a search stopped part-way continues from its latest checkpoint in
+   ``results/runs/<name>/`` when the command is run again;
 3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
    held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
    at each budget, with the task's default metric and a 95% bootstrap interval;
@@ -134,8 +135,12 @@ def search(
                 "again with these settings."
             )
         return allocation, float(allocation.extra.get("search_seconds", float("nan")))
+    output_dir = ROOT / "runs" / name
+    # A search stopped part-way (killed, out of time) continues from its latest checkpoint: its progress is
+    # never thrown away. The searcher refuses the resume if the checkpoint was written with other settings.
+    resume = any(output_dir.glob("checkpoint-*"))
     search_args = SearchArguments(
-        output_dir=str(ROOT / "runs" / name),
+        output_dir=str(output_dir),
         target_budget=args.target_budget,
         group_size=args.group_size,
         population_size=args.population,
@@ -144,13 +149,28 @@ def search(
         seed=seed,
         eval_batch_size=args.batch_size,
         save_total_limit=1,
-        overwrite_output_dir=True,
+        overwrite_output_dir=not resume,
     )
     metric = TASKS[args.task].partial_credit_metric
     start = time.perf_counter()
     searcher = BudgetSearcher(model, search_args, train, processing_class=tokenizer, metric=metric)
-    result = searcher.search()
+    if resume:
+        print(
+            f"Resuming the search in {output_dir} from its latest checkpoint (move the directory aside to restart)."
+        )
+    try:
+        result = searcher.search(resume_from_checkpoint=True if resume else None)
+    except ValueError as error:
+        if not resume:
+            raise
+        raise SystemExit(
+            f"{error}\nTo search again from scratch with these settings, move {output_dir} aside."
+        ) from error
     seconds = time.perf_counter() - start
+    if resume:
+        # The wall time before the interruption is not recorded: report the time spent scoring schemes over the
+        # whole search (every evaluation logs its own duration), which is what the search time is made of.
+        seconds = evaluation_seconds(output_dir / "search_log.jsonl")
     allocation = dataclasses.replace(
         result.allocation,
         base_model=DEMO_MODEL_ID,
@@ -159,10 +179,21 @@ def search(
             "search_seconds": round(seconds, 1),
             "context_length": args.context_length,
             "depth_split": args.depth_split,
+            **({"search_resumed": True} if resume else {}),
         },
     )
     allocation.save_pretrained(directory, overwrite=True)
     return allocation, seconds
+
+
+def evaluation_seconds(log: Path) -> float:
+    """The summed duration of the scheme evaluations in a search log (cached re-scores took no time)."""
+    total = 0.0
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") in ("baseline", "candidate") and not record.get("cached"):
+            total += float(record.get("seconds", 0.0))
+    return total
 
 
 def evaluate(
