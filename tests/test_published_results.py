@@ -1,0 +1,69 @@
+"""The published results are consistent: every allocation loads, and every run is documented and plotted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from evolkv_hf import BudgetAllocation
+from evolkv_hf.allocation.model_card import is_unedited_card
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+ALLOCATIONS = sorted(p for p in (RESULTS / "allocations").iterdir() if p.is_dir())
+SUMMARY = json.loads((RESULTS / "summary.json").read_text())
+RUNS = sorted(SUMMARY["runs"])
+
+
+@pytest.fixture(scope="module")
+def search_name() -> Iterator[Callable[[argparse.Namespace, int], str]]:
+    sys.path.insert(0, str(RESULTS))  # reproduce.py imports tables.py from beside it
+    try:
+        import reproduce  # type: ignore[import-not-found]
+
+        yield reproduce.search_name
+    finally:
+        sys.path.remove(str(RESULTS))
+
+
+def test_there_are_published_results() -> None:
+    assert len(ALLOCATIONS) >= 2 and len(RUNS) >= 1
+
+
+@pytest.mark.parametrize("directory", ALLOCATIONS, ids=lambda p: p.name)
+def test_allocation_loads_with_its_generated_card(directory: Path) -> None:
+    allocation = BudgetAllocation.from_pretrained(directory)
+    assert allocation.num_layers == 30 and min(allocation.budgets) >= 1
+    card = (directory / "README.md").read_text()
+    assert is_unedited_card(card), (
+        f"{directory.name}: regenerate the card with save_pretrained(overwrite=True)"
+    )
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_run_is_documented_plotted_and_its_allocations_are_published(
+    run: str, search_name: Callable[[argparse.Namespace, int], str]
+) -> None:
+    page = (ROOT / "docs" / "results.md").read_text()
+    assert f"(run `{run}`)" in page, f"docs/results.md has no section for run {run}"
+    record = SUMMARY["runs"][run]
+    images = [f"scores_{run}.png"]
+    if any(len(set(search["budgets"])) > 1 for search in record["searches"].values()):
+        images.append(
+            f"allocations_{run}.png"
+        )  # a search that never left the uniform start has no shape to plot
+    for image in images:
+        assert f"](img/{image})" in page
+        assert (ROOT / "docs" / "img" / image).is_file()
+    assert (RESULTS / f"{run}__scores.png").is_file()
+    settings = argparse.Namespace(**{"depth_split": "ordered", **record["settings"]})
+    seeds = [int(seed) for seed in str(settings.seeds).split(",")]
+    for seed in seeds:
+        name = search_name(settings, seed)
+        allocation = BudgetAllocation.from_pretrained(RESULTS / "allocations" / name)
+        assert allocation.budgets == record["searches"][f"evolkv_seed{seed}"]["budgets"], name
