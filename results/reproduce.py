@@ -278,12 +278,23 @@ def main() -> None:
             }
         )
         print(f"{method:16} {budget or 'full':>5}: {rows[-1]['score']:6.1f} [{low:5.1f}, {high:5.1f}]")
+    comparisons = paired_comparisons(scores, budgets, list(search_info))
+    for item in comparisons:
+        print(
+            f"{item['method']} - {item['baseline']} at {item['budget']}: {item['difference']:+.1f} "
+            f"[{item['ci_low']:+.1f}, {item['ci_high']:+.1f}] (paired, same samples)"
+        )
 
     summary_path = ROOT / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"runs": {}}
     run_name = run_key(args)
     summary["runs"][run_name] = {
         "rows": rows,
+        "paired": comparisons,
+        # Per-sample scores, in held-out order, so that other comparisons can be computed later.
+        "per_sample": {
+            f"{method}@{budget or 'full'}": values for (method, budget), values in sorted(scores.items())
+        },
         "searches": search_info,
         "settings": vars(args),
         "eval_seconds": round(eval_seconds, 1),
@@ -299,11 +310,54 @@ def main() -> None:
     print(f"wrote {summary_path}")
 
 
+def paired_comparisons(
+    scores: dict[tuple[str, int], list[float]], budgets: list[int], learned: list[str]
+) -> list[dict[str, Any]]:
+    """Each learned allocation minus the best heuristic (uniform or PyramidKV) at each budget.
+
+    The difference of the means with a 95% bootstrap interval of the per-sample differences: both methods
+    answered the same held-out samples, so resampling the samples together (a paired bootstrap) removes the
+    spread that comes from which samples were drawn, which the two separate intervals of the table count
+    twice.
+    """
+    comparisons = []
+    for budget in budgets:
+        heuristics = [
+            (method, scores[(method, budget)])
+            for method in ("uniform", "pyramid")
+            if (method, budget) in scores
+        ]
+        if not heuristics:
+            continue
+        baseline, base = max(heuristics, key=lambda item: sum(item[1]) / len(item[1]))
+        for method in learned:
+            if (method, budget) not in scores:
+                continue
+            differences = [a - b for a, b in zip(scores[(method, budget)], base, strict=True)]
+            low, high = bootstrap_ci(differences, seed=0)
+            comparisons.append(
+                {
+                    "method": method,
+                    "baseline": baseline,
+                    "budget": budget,
+                    "difference": round(sum(differences) / len(differences), 2),
+                    "ci_low": round(low, 2),
+                    "ci_high": round(high, 2),
+                }
+            )
+    return comparisons
+
+
 def run_key(args: argparse.Namespace) -> str:
-    """The run's key in ``summary.json``: every setting that changes the searched allocations."""
+    """The run's key in ``summary.json``: every setting that changes the searched allocations or the held-out set.
+
+    The held-out size appears (``__e400``) only when it is not 200, so the published keys stay.
+    """
     return (
         f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}__g{args.generations}"
-        f"__s{args.search_samples}" + ("__stratified" if args.depth_split == "stratified" else "")
+        f"__s{args.search_samples}"
+        + ("__stratified" if args.depth_split == "stratified" else "")
+        + ("" if args.eval_samples == 200 else f"__e{args.eval_samples}")
     )
 
 

@@ -4,8 +4,9 @@ Usage::
 
     python results/tables.py [--run niah_single__2048__c128__penalty] [--plots docs/img]
 
-One block per run: held-out scores with 95% bootstrap intervals at every budget, each search's time and
-budgets, the evaluation time and the exact command. With ``--plots DIR``, also one figure per run of the
+One block per run: held-out scores with 95% bootstrap intervals at every budget, each learned allocation's
+difference to the best heuristic with a paired interval (runs measured since those were recorded), each
+search's time and budgets, the evaluation time and the exact command. With ``--plots DIR``, also one figure per run of the
 learned per-layer budgets (``allocations_<run>.png``) and its score-vs-budget plot (``scores_<run>.png``).
 """
 
@@ -52,6 +53,11 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("")
+    for item in run.get("paired", []):
+        lines.append(
+            f"- `{item['method']}` minus `{item['baseline']}` (the best heuristic) at {item['budget']}, on the same "
+            f"samples: {item['difference']:+.1f} [{item['ci_low']:+.1f}, {item['ci_high']:+.1f}] (paired bootstrap)"
+        )
     for label, search in run.get("searches", {}).items():
         seconds = search.get("search_seconds")
         took = f"search took {seconds:.0f} s here" if isinstance(seconds, (int, float)) else "search reused"

@@ -67,3 +67,26 @@ def test_run_is_documented_plotted_and_its_allocations_are_published(
         name = search_name(settings, seed)
         allocation = BudgetAllocation.from_pretrained(RESULTS / "allocations" / name)
         assert allocation.budgets == record["searches"][f"evolkv_seed{seed}"]["budgets"], name
+
+
+def test_paired_comparison_uses_the_best_heuristic_and_pairs_samples(search_name: object) -> None:
+    import reproduce  # on sys.path through the search_name fixture
+
+    # The learned method is 10 points above uniform on every sample: the paired interval is exactly +10
+    # although the two separate intervals (samples scoring 0 or 100) overlap widely.
+    uniform = [0.0, 100.0] * 20
+    scores = {
+        ("uniform", 256): uniform,
+        ("pyramid", 256): [0.0] * 40,
+        ("evolkv_seed0", 256): [value + 10.0 for value in uniform],
+    }
+    (item,) = reproduce.paired_comparisons(scores, [256], ["evolkv_seed0", "evolkv_seed1"])
+    assert item["baseline"] == "uniform" and item["difference"] == 10.0
+    assert item["ci_low"] == item["ci_high"] == 10.0
+    settings = argparse.Namespace(
+        task="vt", context_length=2048, target_budget=256, constraint="project", generations=8,
+        search_samples=60, depth_split="ordered", eval_samples=400,
+    )  # fmt: skip
+    assert reproduce.run_key(settings) == "vt__2048__c256__project__g8__s60__e400"
+    settings.eval_samples = 200  # the published keys carry no held-out size
+    assert reproduce.run_key(settings) == "vt__2048__c256__project__g8__s60"
