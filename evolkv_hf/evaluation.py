@@ -50,6 +50,7 @@ __all__ = [
     "HEURISTIC_METHODS",
     "EvaluationReport",
     "EvaluationRow",
+    "PairedDifference",
     "evaluate_methods",
     "run_dir_name",
 ]
@@ -103,6 +104,9 @@ class EvaluationRow:
     kind: str | None = None
     """What ran, whatever the label: ``"full"``, ``"uniform"``, ``"pyramid"``, ``"streaming"`` or
     ``"allocation"`` (``None``: as the label says)."""
+    sample_scores: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    """The per-sample scores, in dataset order (what :meth:`EvaluationReport.compare` pairs); ``None`` for a
+    row built without them."""
 
     @property
     def method_kind(self) -> str:
@@ -119,6 +123,39 @@ class EvaluationRow:
         if self.ci_low is None or self.ci_high is None:
             return f"{self.score:.1f}"
         return f"{self.score:.1f} [{self.ci_low:.1f}, {self.ci_high:.1f}]"
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """One method's mean score minus another's on the same samples, with a paired bootstrap interval.
+
+    Example
+    -------
+    >>> PairedDifference("evolkv", "uniform", 128, 3.2, 0.9, 5.6, n=200).format()
+    'evolkv - uniform at 128: +3.2 [+0.9, +5.6] over 200 paired samples'
+    """
+
+    method: str
+    baseline: str
+    budget: int | None
+    difference: float
+    ci_low: float
+    ci_high: float
+    n: int
+    confidence: float = CONFIDENCE
+
+    @property
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies entirely above or below 0 (the two methods differ at this confidence)."""
+        return self.ci_low > 0 or self.ci_high < 0
+
+    def format(self) -> str:
+        """``"a - b at 128: +3.2 [+0.9, +5.6] over 200 paired samples"``."""
+        at = "" if self.budget is None else f" at {self.budget}"
+        return (
+            f"{self.method} - {self.baseline}{at}: {self.difference:+.1f} [{self.ci_low:+.1f}, "
+            f"{self.ci_high:+.1f}] over {self.n} paired samples"
+        )
 
 
 @dataclass
@@ -187,6 +224,88 @@ class EvaluationReport:
             )
         return max(candidates, key=lambda row: row.score)
 
+    def compare(
+        self,
+        method: str,
+        budget: int,
+        baseline: str | None = None,
+        *,
+        n_resamples: int = 1000,
+        seed: int = 0,
+    ) -> PairedDifference:
+        """``method`` minus ``baseline`` at ``budget`` on the same samples, with a paired bootstrap interval.
+
+        Every method answered the same samples, so the per-sample differences are resampled together: the
+        interval then leaves out how easy the drawn samples happened to be, which the two separate intervals
+        of the table each count. Two methods can differ clearly while their separate intervals overlap.
+
+        Parameters
+        ----------
+        method:
+            A method label in the report.
+        budget:
+            The mean budget of both rows (the full cache is compared at any budget).
+        baseline:
+            The method to subtract; default: the best heuristic at ``budget`` (:meth:`best_heuristic`).
+        n_resamples, seed:
+            Bootstrap resamples and their seed.
+
+        Raises
+        ------
+        KeyError
+            A method was not evaluated at ``budget``.
+        ValueError
+            A row has no per-sample scores (built by hand, or read from a run saved without them), or the two
+            rows scored different numbers of samples.
+        """
+        from .metrics import bootstrap_ci
+
+        row = self.row(method, budget)
+        base = self.best_heuristic(budget) if baseline is None else self.row(baseline, budget)
+        paired: list[tuple[float, ...]] = []
+        for each in (row, base):
+            if each.sample_scores is None:
+                raise ValueError(
+                    f"The row of {each.method!r} at {each.budget_label} has no per-sample scores, so it cannot be "
+                    "paired: compare rows returned by evaluate_methods (runs it reloads from output_dir carry them)."
+                )
+            paired.append(each.sample_scores)
+        mine, theirs = paired
+        if len(mine) != len(theirs):
+            raise ValueError(
+                f"{row.method!r} scored {len(mine)} samples and {base.method!r} {len(theirs)}: only runs on the "
+                "same samples can be paired."
+            )
+        differences = [a - b for a, b in zip(mine, theirs, strict=True)]
+        mean = _mean(differences)
+        low, high = bootstrap_ci(differences, n_resamples=n_resamples, confidence=self.confidence, seed=seed)
+        return PairedDifference(
+            method=row.method,
+            baseline=base.method,
+            budget=budget,
+            difference=mean,
+            ci_low=min(low, mean),
+            ci_high=max(high, mean),
+            n=len(differences),
+            confidence=self.confidence,
+        )
+
+    def comparisons(self) -> list[PairedDifference]:
+        """Every saved allocation against the best heuristic at each budget (rows without scores skipped)."""
+        found = []
+        for budget in self.budgets:
+            try:
+                self.best_heuristic(budget)
+            except ValueError:
+                continue
+            for row in self.rows:
+                if row.method_kind == "allocation" and row.budget == budget:
+                    try:
+                        found.append(self.compare(row.method, budget))
+                    except ValueError:
+                        continue
+        return found
+
     def to_table(self) -> str:
         """Plain-text table, one line per method and one column per budget: ``score [CI low, CI high]``.
 
@@ -215,7 +334,15 @@ class EvaluationReport:
             f"[{self.confidence:.0%} bootstrap CI]; columns: mean KV budget per layer (tokens)"
         )
         rule = "-+-".join("-" * width for width in widths)
-        return "\n".join([title, render(header), rule, *(render(line) for line in lines)])
+        table = [title, render(header), rule, *(render(line) for line in lines)]
+        comparisons = self.comparisons()
+        if comparisons:
+            table += [
+                "",
+                f"vs the best heuristic, on the same samples [{self.confidence:.0%} paired bootstrap CI]:",
+            ]
+            table += [f"  {item.format()}" for item in comparisons]
+        return "\n".join(table)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the report."""
@@ -849,7 +976,11 @@ def evaluate_methods(
         for run, config, run_dir, metrics in plan:
             runs_bar.set_postfix_str(f"{run.method.label} @ {run.budget_label}")
             if metrics is not None:
-                rows.append(_row_from_metrics(run, metrics, run_dir, reused=True))
+                rows.append(
+                    _row_from_metrics(
+                        run, metrics, run_dir, reused=True, scores=_saved_scores(run_dir, len(samples))
+                    )
+                )
                 runs_bar.update(1)
                 continue
             label = f"{run.method.label} @ {run.budget_label}"
@@ -881,7 +1012,7 @@ def evaluate_methods(
             metrics["prompt_tokens_mean"] = prompt_tokens_mean
             if run_dir is not None:
                 _write_run(run_dir, samples, predictions, references, scores, metrics, config)
-            rows.append(_row_from_metrics(run, metrics, run_dir, reused=False))
+            rows.append(_row_from_metrics(run, metrics, run_dir, reused=False, scores=scores))
             runs_bar.update(1)
     finally:
         runs_bar.close()
@@ -1064,8 +1195,30 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _saved_scores(run_dir: Path | None, count: int) -> list[float] | None:
+    """The per-sample scores of a finished run's ``predictions.jsonl`` (``None`` if unreadable or incomplete)."""
+    if run_dir is None:
+        return None
+    scores: list[float] = []
+    try:
+        for line in (run_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                score = json.loads(line).get("score")
+                if not isinstance(score, (int, float)):
+                    return None
+                scores.append(float(score))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return scores if len(scores) == count else None
+
+
 def _row_from_metrics(
-    run: _Run, metrics: Mapping[str, Any], run_dir: Path | None, *, reused: bool
+    run: _Run,
+    metrics: Mapping[str, Any],
+    run_dir: Path | None,
+    *,
+    reused: bool,
+    scores: Sequence[float] | None = None,
 ) -> EvaluationRow:
     def optional(key: str) -> float | None:
         value = metrics.get(key)
@@ -1083,6 +1236,7 @@ def _row_from_metrics(
         elapsed_s=optional("elapsed_s"),
         reused=reused,
         kind=run.method.kind,
+        sample_scores=None if scores is None else tuple(float(score) for score in scores),
     )
 
 

@@ -93,6 +93,7 @@ def test_all_methods_two_budgets_then_skip(
         ]
         predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
         assert [p["index"] for p in predictions] == [0, 1, 2, 3]
+        assert row.sample_scores == tuple(p["score"] for p in predictions)
         assert all({"prediction", "answers", "score"} <= set(p) for p in predictions)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["score"] == pytest.approx(sum(p["score"] for p in predictions) / 4)
@@ -123,6 +124,14 @@ def test_all_methods_two_budgets_then_skip(
     assert report.best_heuristic(16).method in ("uniform", "pyramid", "streaming")
     table = report.to_table()
     assert "my-alloc" in table and "| 16" in table and "[" in table
+    # The learned allocation against the best heuristic, sample by sample, at each budget.
+    comparisons = report.comparisons()
+    assert [(c.method, c.budget) for c in comparisons] == [("my-alloc", 16), ("my-alloc", 32)]
+    for item in comparisons:
+        best = report.best_heuristic(item.budget or 0)
+        assert item.baseline == best.method and item.n == 4
+        assert item.difference == pytest.approx(report.row("my-alloc", item.budget).score - best.score)
+        assert f"  {item.format()}" in table.splitlines()
 
     # Second call: every run is done with the same configuration, nothing is generated.
     _forbid_generation(monkeypatch)
@@ -138,6 +147,9 @@ def test_all_methods_two_budgets_then_skip(
         **SMALL,
     )
     assert all(row.reused for row in again.rows)
+    # Reloaded runs carry their per-sample scores too, so they can still be paired.
+    assert [row.sample_scores for row in again.rows] == [row.sample_scores for row in report.rows]
+    assert again.comparisons() == comparisons
     assert [(r.method, r.budget, r.score, r.ci_low) for r in again.rows] == [
         (r.method, r.budget, r.score, r.ci_low) for r in report.rows
     ]
@@ -369,6 +381,58 @@ def test_report_table_json_and_best_heuristic() -> None:
     assert lines[5].startswith("pyramid") and lines[5].rstrip().endswith("-")
     assert json.loads(report.to_json())["rows"][3]["method"] == "evolkv"
     assert report.plot().axes[0].get_xlabel().startswith("mean KV budget")
+
+
+def test_compare_pairs_the_samples() -> None:
+    def row(method: str, scores: list[float], budget: int | None = 64) -> EvaluationRow:
+        mean = sum(scores) / len(scores)
+        kind = "allocation" if method == "evolkv" else method
+        return EvaluationRow(
+            method, budget, mean, 0.0, 100.0, len(scores), None, kind=kind, sample_scores=tuple(scores)
+        )
+
+    uniform = [0.0, 100.0] * 10
+    report = EvaluationReport(
+        rows=[
+            row("full", [100.0] * 20, None),
+            row("uniform", uniform),
+            row("pyramid", [0.0] * 20),
+            row("evolkv", [score + 5.0 for score in uniform]),
+        ],
+        task="t",
+        model_name="m",
+        metric_name="acc",
+    )
+    # 5 points above uniform on every sample: the paired interval is exactly +5, although samples scoring
+    # 0 or 100 make each method's own interval tens of points wide.
+    item = report.compare("evolkv", 64)
+    assert (item.baseline, item.difference, item.ci_low, item.ci_high, item.n) == (
+        "uniform",
+        5.0,
+        5.0,
+        5.0,
+        20,
+    )
+    assert item.excludes_zero and report.comparisons() == [item]
+    assert item.format() == "evolkv - uniform at 64: +5.0 [+5.0, +5.0] over 20 paired samples"
+    against_full = report.compare("evolkv", 64, baseline="full")
+    assert against_full.baseline == "full" and against_full.difference == pytest.approx(-45.0)
+    assert not report.compare("uniform", 64, baseline="uniform").excludes_zero
+    with pytest.raises(KeyError, match="budget 128"):
+        report.compare("evolkv", 128, baseline="uniform")
+    bare = EvaluationReport(
+        rows=[EvaluationRow("uniform", 64, 40.0, 20.0, 60.0, 10, None), row("evolkv", [1.0] * 10)],
+        task="t",
+        model_name="m",
+        metric_name="acc",
+    )
+    with pytest.raises(ValueError, match="'uniform' at 64 has no per-sample scores"):
+        bare.compare("evolkv", 64)
+    assert bare.comparisons() == []  # rows that cannot be paired are left out of the table
+    short = EvaluationReport(rows=[row("uniform", [1.0] * 10), row("evolkv", [1.0] * 9)], task="t",
+                             model_name="m", metric_name="acc")  # fmt: skip
+    with pytest.raises(ValueError, match="scored 9 samples and 'uniform' 10"):
+        short.compare("evolkv", 64)
 
 
 def test_plot_skipped_with_warning_without_matplotlib(
