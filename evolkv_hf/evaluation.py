@@ -255,7 +255,7 @@ class EvaluationReport:
         KeyError
             A method was not evaluated at ``budget``.
         ValueError
-            A row has no per-sample scores (built by hand, or read from a run saved without them), or the two
+            No heuristic was evaluated at ``budget`` (with ``baseline=None``), a row has no per-sample scores (built by hand, or read from a run saved without them), or the two
             rows scored different numbers of samples.
         """
         from .metrics import bootstrap_ci
@@ -267,7 +267,8 @@ class EvaluationReport:
             if each.sample_scores is None:
                 raise ValueError(
                     f"The row of {each.method!r} at {each.budget_label} has no per-sample scores, so it cannot be "
-                    "paired: compare rows returned by evaluate_methods (runs it reloads from output_dir carry them)."
+                    "paired: it was built by hand, or reloaded from a run whose predictions.jsonl is missing, "
+                    "incomplete or edited (rerun that run with overwrite=True)."
                 )
             paired.append(each.sample_scores)
         mine, theirs = paired
@@ -1204,7 +1205,7 @@ def _saved_scores(run_dir: Path | None, count: int) -> list[float] | None:
         for line in (run_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines():
             if line.strip():
                 score = json.loads(line).get("score")
-                if not isinstance(score, (int, float)):
+                if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
                     return None
                 scores.append(float(score))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):

@@ -42,6 +42,7 @@ from evolkv_hf.demo import DEMO_MODEL_ID, load_demo_model
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import bootstrap_ci, per_sample_scores
 from evolkv_hf.search import BudgetSearcher, CacheOptions, PrefillOnceEngine, SearchArguments
+from evolkv_hf.search.checkpoint import CheckpointError, latest_checkpoint
 from evolkv_hf.tasks import TASKS, load_task, load_task_splits
 
 ROOT = Path(__file__).parent
@@ -121,6 +122,7 @@ def search(
             "search_group_size": args.group_size,
             "context_length": args.context_length,
             "depth_split": args.depth_split,
+            **held_out_size(args),
         }
         saved = {
             "search_num_samples": allocation.search_num_samples,
@@ -128,6 +130,7 @@ def search(
             "search_group_size": allocation.search_group_size,
             "context_length": allocation.extra.get("context_length"),
             "depth_split": allocation.extra.get("depth_split", "ordered"),
+            **({"eval_samples": allocation.extra.get("eval_samples", 200)} if held_out_size(args) else {}),
         }
         if saved != wanted:
             raise SystemExit(
@@ -137,8 +140,9 @@ def search(
         return allocation, float(allocation.extra.get("search_seconds", float("nan")))
     output_dir = ROOT / "runs" / name
     # A search stopped part-way (killed, out of time) continues from its latest checkpoint: its progress is
-    # never thrown away. The searcher refuses the resume if the checkpoint was written with other settings.
-    resume = any(output_dir.glob("checkpoint-*"))
+    # never thrown away. The searcher refuses the resume if the checkpoint was written with other search
+    # arguments, samples, model, dtype or metric.
+    resume = latest_checkpoint(output_dir) is not None
     search_args = SearchArguments(
         output_dir=str(output_dir),
         target_budget=args.target_budget,
@@ -160,8 +164,9 @@ def search(
         )
     try:
         result = searcher.search(resume_from_checkpoint=True if resume else None)
-    except ValueError as error:
-        if not resume:
+    except (ValueError, CheckpointError) as error:
+        # Only the searcher's refusals of the checkpoint: any other error keeps its traceback.
+        if not resume or not (isinstance(error, CheckpointError) or str(error).startswith("Cannot resume")):
             raise
         raise SystemExit(
             f"{error}\nTo search again from scratch with these settings, move {output_dir} aside."
@@ -170,7 +175,7 @@ def search(
     if resume:
         # The wall time before the interruption is not recorded: report the time spent scoring schemes over the
         # whole search (every evaluation logs its own duration), which is what the search time is made of.
-        seconds = evaluation_seconds(output_dir / "search_log.jsonl")
+        seconds = evaluation_seconds(output_dir / "search_log.jsonl", default=seconds)
     allocation = dataclasses.replace(
         result.allocation,
         base_model=DEMO_MODEL_ID,
@@ -179,6 +184,7 @@ def search(
             "search_seconds": round(seconds, 1),
             "context_length": args.context_length,
             "depth_split": args.depth_split,
+            **held_out_size(args),
             **({"search_resumed": True} if resume else {}),
         },
     )
@@ -186,8 +192,23 @@ def search(
     return allocation, seconds
 
 
-def evaluation_seconds(log: Path) -> float:
-    """The summed duration of the scheme evaluations in a search log (cached re-scores took no time)."""
+def held_out_size(args: argparse.Namespace) -> dict[str, int]:
+    """``{"eval_samples": n}`` when the held-out size changes the search set, else ``{}``.
+
+    With ``--depth-split ordered`` the needle depths of a task with depths are spread over all
+    ``--search-samples + --eval-samples`` samples, so another held-out size gives the search other samples.
+    """
+    if args.depth_split == "ordered" and "depths" in TASKS[args.task].options:
+        return {"eval_samples": args.eval_samples}
+    return {}
+
+
+def evaluation_seconds(log: Path, default: float) -> float:
+    """The summed duration of the scheme evaluations in a search log (cached re-scores took no time).
+
+    ``default`` when the log is missing."""
+    if not log.is_file():
+        return default
     total = 0.0
     for line in log.read_text().splitlines():
         record = json.loads(line)
@@ -251,8 +272,9 @@ def main() -> None:
         name = f"evolkv_seed{seed}"
         search_info[name] = {
             "budgets": allocation.budgets,
-            "search_seconds": seconds,
+            "search_seconds": round(seconds, 1),
             "search_score": allocation.metric_value,
+            **({"search_resumed": True} if allocation.extra.get("search_resumed") else {}),
         }
         for budget in budgets:
             methods.setdefault(name, {})[budget] = allocation.rescale(budget).budgets
@@ -313,7 +335,9 @@ def main() -> None:
 def paired_comparisons(
     scores: dict[tuple[str, int], list[float]], budgets: list[int], learned: list[str]
 ) -> list[dict[str, Any]]:
-    """Each learned allocation minus the best heuristic (uniform or PyramidKV) at each budget.
+    """Each learned allocation minus the better of uniform SnapKV and PyramidKV at each budget.
+
+    The project's goal compares with these two (StreamingLLM, a different policy, is not counted).
 
     The difference of the means with a 95% bootstrap interval of the per-sample differences: both methods
     answered the same held-out samples, so resampling the samples together (a paired bootstrap) removes the
@@ -349,7 +373,8 @@ def paired_comparisons(
 
 
 def run_key(args: argparse.Namespace) -> str:
-    """The run's key in ``summary.json``: every setting that changes the searched allocations or the held-out set.
+    """The run's key in ``summary.json``: task, context length, target, constraint, generations, search-set
+    size, split and held-out size (population, group size, seeds and dtype are in the run's settings).
 
     The held-out size appears (``__e400``) only when it is not 200, so the published keys stay.
     """

@@ -55,12 +55,15 @@ def run_block(name: str, run: dict[str, Any]) -> str:
     lines.append("")
     for item in run.get("paired", []):
         lines.append(
-            f"- `{item['method']}` minus `{item['baseline']}` (the best heuristic) at {item['budget']}, on the same "
-            f"samples: {item['difference']:+.1f} [{item['ci_low']:+.1f}, {item['ci_high']:+.1f}] (paired bootstrap)"
+            f"- `{item['method']}` minus `{item['baseline']}` (the better of uniform and pyramid) at {item['budget']}, "
+            f"on the same samples: {item['difference']:+.1f} [{item['ci_low']:+.1f}, {item['ci_high']:+.1f}] "
+            "(paired bootstrap)"
         )
     for label, search in run.get("searches", {}).items():
         seconds = search.get("search_seconds")
         took = f"search took {seconds:.0f} s here" if isinstance(seconds, (int, float)) else "search reused"
+        if search.get("search_resumed"):
+            took += " (stopped and resumed from its checkpoint: the summed time of its scheme evaluations)"
         best = search.get("search_score")
         best_text = f"; best search-set score {best:.1f}" if isinstance(best, (int, float)) else ""
         lines.append(f"- `{label}`: {took}{best_text}; budgets {search.get('budgets')}")

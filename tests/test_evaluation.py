@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_rows, tiny_tokenizer
 
 from evolkv_hf import BudgetAllocation, evaluation
 from evolkv_hf.evaluation import EvaluationReport, EvaluationRow, evaluate_methods, run_dir_name
+from evolkv_hf.metrics import bootstrap_ci
 
 BUDGETS = [16, 32]
 SMALL = {"window_size": 8, "kernel_size": 3, "n_bootstrap": 200, "progress": False}
@@ -420,6 +422,16 @@ def test_compare_pairs_the_samples() -> None:
     assert not report.compare("uniform", 64, baseline="uniform").excludes_zero
     with pytest.raises(KeyError, match="budget 128"):
         report.compare("evolkv", 128, baseline="uniform")
+    # With spread in the differences the interval is the bootstrap interval of the per-sample differences.
+    rng = np.random.default_rng(0)
+    noisy = [float(score) for score in rng.integers(0, 2, 50) * 100]
+    other = [float(score) for score in rng.integers(0, 2, 50) * 100]
+    pair = EvaluationReport(rows=[row("uniform", other), row("evolkv", noisy)], task="t", model_name="m",
+                            metric_name="acc")  # fmt: skip
+    item = pair.compare("evolkv", 64, n_resamples=500, seed=3)
+    differences = [a - b for a, b in zip(noisy, other, strict=True)]
+    assert (item.ci_low, item.ci_high) == bootstrap_ci(differences, n_resamples=500, seed=3)
+    assert item.difference == pytest.approx(sum(differences) / 50) and item.ci_low < 0 < item.ci_high
     bare = EvaluationReport(
         rows=[EvaluationRow("uniform", 64, 40.0, 20.0, 60.0, 10, None), row("evolkv", [1.0] * 10)],
         task="t",
@@ -516,3 +528,16 @@ def test_budgets_accept_numpy_arrays_and_ranges() -> None:
     assert evaluation._resolve_budgets("64,128") == [64, 128]
     with pytest.raises(TypeError, match="sequence of ints"):
         evaluation._resolve_budgets({64: 1})
+
+
+def test_saved_scores_are_read_only_when_complete_and_finite(tmp_path: Path) -> None:
+    lines = [{"index": i, "prediction": "x", "answers": ["x"], "score": float(i)} for i in range(3)]
+    (tmp_path / "predictions.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert evaluation._saved_scores(tmp_path, 3) == [0.0, 1.0, 2.0]
+    assert evaluation._saved_scores(tmp_path, 4) is None  # another number of samples: not these samples
+    assert evaluation._saved_scores(None, 3) is None
+    lines[1]["score"] = None  # answers kept after a failed scoring
+    (tmp_path / "predictions.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert evaluation._saved_scores(tmp_path, 3) is None
+    (tmp_path / "predictions.jsonl").write_text('{"score": NaN}\n{"score": 1}\n{"score": true}\n')
+    assert evaluation._saved_scores(tmp_path, 3) is None

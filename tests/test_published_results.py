@@ -74,15 +74,31 @@ def test_paired_comparison_uses_the_best_heuristic_and_pairs_samples(search_name
 
     # The learned method is 10 points above uniform on every sample: the paired interval is exactly +10
     # although the two separate intervals (samples scoring 0 or 100) overlap widely.
-    uniform = [0.0, 100.0] * 20
+    pyramid = [0.0, 100.0] * 20
     scores = {
-        ("uniform", 256): uniform,
-        ("pyramid", 256): [0.0] * 40,
-        ("evolkv_seed0", 256): [value + 10.0 for value in uniform],
+        ("uniform", 256): [0.0] * 40,
+        ("pyramid", 256): pyramid,
+        ("streaming", 256): [100.0] * 40,  # not one of the two heuristics the goal names
+        ("evolkv_seed0", 256): [value + 10.0 for value in pyramid],
     }
     (item,) = reproduce.paired_comparisons(scores, [256], ["evolkv_seed0", "evolkv_seed1"])
-    assert item["baseline"] == "uniform" and item["difference"] == 10.0
+    assert item["baseline"] == "pyramid" and item["difference"] == 10.0
     assert item["ci_low"] == item["ci_high"] == 10.0
+
+
+def test_a_resumed_search_reports_its_summed_evaluation_time(tmp_path: Path, search_name: object) -> None:
+    import reproduce
+
+    log = tmp_path / "search_log.jsonl"
+    records = [
+        {"event": "baseline", "seconds": 10.0, "cached": False},
+        {"event": "candidate", "seconds": 2.5, "cached": False},
+        {"event": "candidate", "seconds": 0.0, "cached": True},
+        {"event": "generation", "seconds": 99.0},  # a summary line, not an evaluation
+    ]
+    log.write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    assert reproduce.evaluation_seconds(log, default=1.0) == 12.5
+    assert reproduce.evaluation_seconds(tmp_path / "missing.jsonl", default=1.0) == 1.0
     settings = argparse.Namespace(
         task="vt", context_length=2048, target_budget=256, constraint="project", generations=8,
         search_samples=60, depth_split="ordered", eval_samples=400,

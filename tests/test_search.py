@@ -383,9 +383,15 @@ class TestClearErrors:
         other_model = make_searcher(tmp_path)
         other_model.model.name_or_path = other_model.model.config._name_or_path = "someone/another-model"
         with pytest.raises(
-            ValueError, match=r"model='LlamaForCausalLM', now 'someone/another-model'.*same model and metric"
+            ValueError,
+            match=r"model='LlamaForCausalLM', now 'someone/another-model'.*same model \(and dtype\)",
         ):
             other_model.search(resume_from_checkpoint=True)
+        # Regression: the same model in another dtype resumed, mixing its scores with the cached ones.
+        other_dtype = make_searcher(tmp_path)
+        other_dtype.model.to(torch.float64)
+        with pytest.raises(ValueError, match=r"model_dtype='torch.float32', now 'torch.float64'"):
+            other_dtype.search(resume_from_checkpoint=True)
         make_searcher(tmp_path).search(resume_from_checkpoint=True)  # the same model and metric still resume
 
 

@@ -688,6 +688,7 @@ class BudgetSearcher:
         return {
             "model": model_name(self.model),  # the Hub id when there is one, else the folder name
             "model_revision": getattr(self.model.config, "_commit_hash", None),
+            "model_dtype": str(getattr(self.model, "dtype", None)),  # bfloat16 and float32 answers differ
             "metric": metric_label(self.metric),
             "metric_key": self.metric_key,
         }
@@ -733,8 +734,8 @@ class BudgetSearcher:
                 )
                 raise ValueError(
                     f"Cannot resume {path}: it was written with {differences} (its cached scores and best "
-                    "allocation were measured that way). Resume with the same model and metric, or start a new "
-                    "search in another output_dir."
+                    "allocation were measured that way). Resume with the same model (and dtype) and metric, or "
+                    "start a new search in another output_dir."
                 )
         self.state = SearchState(**payload["search_state"])
         self._fitness_cache = dict(payload.get("fitness_cache", {}))
