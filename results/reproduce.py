@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -327,9 +328,20 @@ def main() -> None:
         "command": "python results/reproduce.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
     }
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path.write_text(summary_text(summary))
     plot_scores(run_name, summary["runs"][run_name], ROOT / f"{run_name}__scores.png")
     print(f"wrote {summary_path}")
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """``summary.json``'s text: indented, with each list of numbers on one line (budgets, per-sample scores)."""
+    text = json.dumps(summary, indent=2)
+    return (
+        re.sub(
+            r"\[\s+([-+0-9.eE,\s]+?)\s+\]", lambda match: "[" + " ".join(match.group(1).split()) + "]", text
+        )
+        + "\n"
+    )
 
 
 def paired_comparisons(

@@ -106,3 +106,11 @@ def test_a_resumed_search_reports_its_summed_evaluation_time(tmp_path: Path, sea
     assert reproduce.run_key(settings) == "vt__2048__c256__project__g8__s60__e400"
     settings.eval_samples = 200  # the published keys carry no held-out size
     assert reproduce.run_key(settings) == "vt__2048__c256__project__g8__s60"
+
+
+def test_summary_json_is_written_in_its_compact_form(search_name: object) -> None:
+    import reproduce
+
+    text = (RESULTS / "summary.json").read_text()
+    assert json.loads(reproduce.summary_text(SUMMARY)) == SUMMARY
+    assert reproduce.summary_text(SUMMARY) == text  # lists of numbers on one line, as reproduce.py writes it
