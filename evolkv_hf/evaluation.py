@@ -255,8 +255,9 @@ class EvaluationReport:
         KeyError
             A method was not evaluated at ``budget``.
         ValueError
-            No heuristic was evaluated at ``budget`` (with ``baseline=None``), a row has no per-sample scores (built by hand, or read from a run saved without them), or the two
-            rows scored different numbers of samples.
+            No heuristic was evaluated at ``budget`` (with ``baseline=None``), a row has no per-sample scores
+            (built by hand, or reloaded from an incomplete run), or the two rows scored different numbers of
+            samples.
         """
         from .metrics import bootstrap_ci
 

@@ -53,10 +53,9 @@ def test_run_is_documented_plotted_and_its_allocations_are_published(
     assert f"(run `{run}`)" in page, f"docs/results.md has no section for run {run}"
     record = SUMMARY["runs"][run]
     images = [f"scores_{run}.png"]
+    # A search that never left the uniform start has no shape to plot.
     if any(len(set(search["budgets"])) > 1 for search in record["searches"].values()):
-        images.append(
-            f"allocations_{run}.png"
-        )  # a search that never left the uniform start has no shape to plot
+        images.append(f"allocations_{run}.png")
     for image in images:
         assert f"](img/{image})" in page
         assert (ROOT / "docs" / "img" / image).is_file()
