@@ -40,6 +40,7 @@ from tables import plot_scores  # results/tables.py, beside this script
 
 from evolkv_hf import BudgetAllocation
 from evolkv_hf.demo import DEMO_MODEL_ID, load_demo_model
+from evolkv_hf.evaluation import EvaluationReport, EvaluationRow
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import bootstrap_ci, per_sample_scores
 from evolkv_hf.search import BudgetSearcher, CacheOptions, PrefillOnceEngine, SearchArguments
@@ -356,29 +357,41 @@ def paired_comparisons(
     spread that comes from which samples were drawn, which the two separate intervals of the table count
     twice.
     """
+    rows = [
+        EvaluationRow(
+            method,
+            budget,
+            sum(values) / len(values),
+            None,
+            None,
+            len(values),
+            None,
+            sample_scores=tuple(values),
+        )
+        for (method, budget), values in scores.items()
+        if budget  # the full cache (budget 0) is never a baseline here
+    ]
+    report = EvaluationReport(rows=rows, task="", model_name="", metric_name="")
     comparisons = []
     for budget in budgets:
         heuristics = [
-            (method, scores[(method, budget)])
-            for method in ("uniform", "pyramid")
-            if (method, budget) in scores
+            report.row(method, budget) for method in ("uniform", "pyramid") if (method, budget) in scores
         ]
         if not heuristics:
             continue
-        baseline, base = max(heuristics, key=lambda item: sum(item[1]) / len(item[1]))
+        baseline = max(heuristics, key=lambda row: row.score).method
         for method in learned:
             if (method, budget) not in scores:
                 continue
-            differences = [a - b for a, b in zip(scores[(method, budget)], base, strict=True)]
-            low, high = bootstrap_ci(differences, seed=0)
+            item = report.compare(method, budget, baseline)
             comparisons.append(
                 {
                     "method": method,
                     "baseline": baseline,
                     "budget": budget,
-                    "difference": round(sum(differences) / len(differences), 2),
-                    "ci_low": round(low, 2),
-                    "ci_high": round(high, 2),
+                    "difference": round(item.difference, 2),
+                    "ci_low": round(item.ci_low, 2),
+                    "ci_high": round(item.ci_high, 2),
                 }
             )
     return comparisons
