@@ -293,13 +293,10 @@ class EvaluationReport:
         )
 
     def comparisons(self) -> list[PairedDifference]:
-        """Every saved allocation against the best heuristic at each budget (rows without scores skipped)."""
+        """Every saved allocation against the best heuristic at each budget (budgets without a heuristic and rows
+        without scores skipped: :meth:`compare` raises ``ValueError`` for both)."""
         found = []
         for budget in self.budgets:
-            try:
-                self.best_heuristic(budget)
-            except ValueError:
-                continue
             for row in self.rows:
                 if row.method_kind == "allocation" and row.budget == budget:
                     try:
