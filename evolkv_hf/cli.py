@@ -388,6 +388,7 @@ def add_show_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="PNG", help="also save a bar chart of the budgets")
     parser.add_argument("--revision", help="Hub revision")
     parser.add_argument("--token", help="Hub token (default: the logged-in one)")
+    parser.add_argument("--endpoint", help="Hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
     parser.set_defaults(func=run_show)
     return parser
 
@@ -430,7 +431,9 @@ def run_show(args: argparse.Namespace) -> int:
     """Run ``evolkv show``."""
     from .allocation import BudgetAllocation
 
-    allocation = BudgetAllocation.from_pretrained(args.allocation, revision=args.revision, token=args.token)
+    allocation = BudgetAllocation.from_pretrained(
+        args.allocation, revision=args.revision, token=args.token, endpoint=args.endpoint
+    )
     print(format_allocation(allocation, source=args.allocation))
     if args.plot:
         # matplotlib adds ".png" to a name without an extension: report the file it writes.

@@ -273,6 +273,22 @@ def test_push_to_a_local_hub(allocation_dir: Path, fake_hub: Any, capsys: pytest
     assert "error: Pushing the allocation" in capsys.readouterr().err
 
 
+def test_show_reads_from_the_given_endpoint(
+    allocation_dir: Path, fake_hub: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # Regression: `evolkv show` had no --endpoint, so an allocation pushed with `evolkv push --endpoint` could not
+    # be read back from the same (private) Hub.
+    import huggingface_hub.constants as hf_constants
+
+    assert main(["push", str(allocation_dir), "me/shown", "--token", "fake", "--endpoint", fake_hub.url]) == 0
+    capsys.readouterr()
+    # Nothing listens on the default endpoint now: only the explicit one can answer.
+    monkeypatch.setattr(hf_constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    assert main(["show", "me/shown", "--token", "fake", "--endpoint", fake_hub.url]) == 0
+    assert "layers: 3 | mean: 24 | total: 72" in capsys.readouterr().out
+
+
 def test_push_uploads_an_edited_card_and_names_the_resolved_repo(
     allocation_dir: Path, fake_hub: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
