@@ -107,6 +107,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="search (or finish) each seed's allocation, then stop before the held-out evaluation; a later run "
+        "without it reuses the saved allocations. To search the seeds in parallel, one process per seed "
+        "(--seeds 0, --seeds 1) with OMP_NUM_THREADS=1",
+    )
     return parser.parse_args()
 
 
@@ -281,6 +288,13 @@ def main() -> None:
         for budget in budgets:
             methods.setdefault(name, {})[budget] = allocation.rescale(budget).budgets
 
+    if args.search_only:
+        for name, info in search_info.items():
+            print(
+                f"{name}: searched in {info['search_seconds']} s, search-set score {info['search_score']:.2f}"
+            )
+        print("--search-only: no held-out evaluation; run again without it to evaluate and publish.")
+        return
     start = time.perf_counter()
     scores = evaluate(args, model, tokenizer, held_out, methods)
     eval_seconds = time.perf_counter() - start
