@@ -201,6 +201,12 @@ def search(
     return allocation, seconds
 
 
+def published_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments that define a published run (its ``settings`` and ``command``): all but ``--search-only``,
+    which only decides whether this invocation stops before the evaluation."""
+    return {name: value for name, value in vars(args).items() if name != "search_only"}
+
+
 def held_out_size(args: argparse.Namespace) -> dict[str, int]:
     """``{"eval_samples": n}`` when the held-out size changes the search set, else ``{}``.
 
@@ -334,14 +340,14 @@ def main() -> None:
             f"{method}@{budget or 'full'}": values for (method, budget), values in sorted(scores.items())
         },
         "searches": search_info,
-        "settings": vars(args),
+        "settings": published_settings(args),
         "eval_seconds": round(eval_seconds, 1),
         "model": DEMO_MODEL_ID,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "evolkv_hf_commit": git_commit(),
         "machine": platform.platform(),
         "command": "python results/reproduce.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in published_settings(args).items()),
     }
     summary_path.write_text(summary_text(summary))
     plot_scores(run_name, summary["runs"][run_name], ROOT / f"{run_name}__scores.png")

@@ -113,3 +113,15 @@ def test_summary_json_is_written_in_its_compact_form(search_name: object) -> Non
     text = (RESULTS / "summary.json").read_text()
     assert json.loads(reproduce.summary_text(SUMMARY)) == SUMMARY
     assert reproduce.summary_text(SUMMARY) == text  # lists of numbers on one line, as reproduce.py writes it
+
+
+def test_run_control_flags_are_not_published_settings(search_name: object) -> None:
+    # Regression: the first run evaluated after a `--search-only` search recorded `search_only: false` in its
+    # settings and `--search-only False` in its command, which argparse rejects (a store_true flag).
+    import reproduce
+
+    args = argparse.Namespace(task="vt", seeds="0,1", search_only=False)
+    assert reproduce.published_settings(args) == {"task": "vt", "seeds": "0,1"}
+    for key, run in json.loads((RESULTS / "summary.json").read_text())["runs"].items():
+        assert "search_only" not in run["settings"], key
+        assert "--search-only" not in run["command"], key
