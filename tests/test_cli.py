@@ -274,7 +274,11 @@ def test_push_to_a_local_hub(allocation_dir: Path, fake_hub: Any, capsys: pytest
 
 
 def test_show_reads_from_the_given_endpoint(
-    allocation_dir: Path, fake_hub: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    allocation_dir: Path,
+    fake_hub: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Regression: `evolkv show` had no --endpoint, so an allocation pushed with `evolkv push --endpoint` could not
     # be read back from the same (private) Hub.
