@@ -332,6 +332,7 @@ def main() -> None:
     summary_path = ROOT / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"runs": {}}
     run_name = run_key(args)
+    settings = published_settings(args)
     summary["runs"][run_name] = {
         "rows": rows,
         "paired": comparisons,
@@ -340,14 +341,14 @@ def main() -> None:
             f"{method}@{budget or 'full'}": values for (method, budget), values in sorted(scores.items())
         },
         "searches": search_info,
-        "settings": published_settings(args),
+        "settings": settings,
         "eval_seconds": round(eval_seconds, 1),
         "model": DEMO_MODEL_ID,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "evolkv_hf_commit": git_commit(),
         "machine": platform.platform(),
         "command": "python results/reproduce.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in published_settings(args).items()),
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()),
     }
     summary_path.write_text(summary_text(summary))
     plot_scores(run_name, summary["runs"][run_name], ROOT / f"{run_name}__scores.png")

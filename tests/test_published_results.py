@@ -122,6 +122,6 @@ def test_run_control_flags_are_not_published_settings(search_name: object) -> No
 
     args = argparse.Namespace(task="vt", seeds="0,1", search_only=False)
     assert reproduce.published_settings(args) == {"task": "vt", "seeds": "0,1"}
-    for key, run in json.loads((RESULTS / "summary.json").read_text())["runs"].items():
+    for key, run in SUMMARY["runs"].items():
         assert "search_only" not in run["settings"], key
         assert "--search-only" not in run["command"], key
