@@ -1,11 +1,14 @@
 """Cost of EvolKVCache against DynamicCache on the demo model, as ratios measured in one run.
 
-Measures, interleaving the two caches (for the prefills A B B A A B ...: the order alternates so that neither
-cache always runs second) and taking medians so that a noisy shared machine affects both alike:
+Measures, interleaving the two caches so that a noisy shared machine affects both alike:
 
 * prefill + compression time of one forward over a prompt of 2k, 4k and 8k tokens, EvolKVCache (mean
-  budget 128, SnapKV scoring) over DynamicCache, as the ratio of the medians and as the median of the
-  ratios of back-to-back pairs;
+  budget 128, SnapKV scoring) over DynamicCache. The prefills run in blocks of four, A B B A, with the
+  cache that opens a block alternating (D E E D, then E D D E, ...): a block's ratio
+  ``(E1 + E2) / (D1 + D2)`` cancels a steady drift of the machine's speed within the block and the
+  advantage of running first or second (measured: about 5% on a shared 2-core machine). The headline
+  ratio is the geometric mean of the block ratios, with a 95% bootstrap interval over the blocks; the
+  ratio of the medians of all runs is reported beside it;
 * decode time per token at 8k context with budget 128, over DynamicCache (rounds interleaved A B A B,
   each cache continuing its own sequence);
 * the K/V bytes each cache holds after the prefill.
@@ -13,9 +16,9 @@ cache always runs second) and taking medians so that a noisy shared machine affe
 Writes ``benchmarks/results/cache_cost.json`` (``prefill_ratio_2k``, ``prefill_ratio_4k``,
 ``prefill_ratio_8k``, ``decode_ratio_8k_c128``, the raw timings, the machine and versions).
 
-Usage (about 6 minutes on 2 CPU cores in bfloat16)::
+Usage (with --repeats 6: about 26 minutes on 2 cores of an AVX2-only CPU in float32)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/cache_cost.py [--dtype bfloat16] [--repeats 3] [--lengths 2048,4096,8192]
+    HF_HUB_OFFLINE=1 python benchmarks/cache_cost.py [--dtype auto] [--repeats 3] [--lengths 2048,4096,8192]
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -33,12 +38,24 @@ from transformers import DynamicCache
 
 from evolkv_hf import EvolKVCache
 from evolkv_hf.cache import kv_memory_bytes
-from evolkv_hf.demo import load_demo_model
+from evolkv_hf.demo import fast_dtype, load_demo_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import machine, positive_int, time_decode, time_prefill
 
 RESULTS = Path(__file__).parent / "results" / "cache_cost.json"
+
+
+def block_ratio(ratios: list[float]) -> float:
+    """Geometric mean of the ABBA blocks' ratios (a ratio and its inverse average to 1)."""
+    return math.exp(statistics.fmean(math.log(r) for r in ratios))
+
+
+def block_ratio_interval(ratios: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of :func:`block_ratio` over the blocks."""
+    rng = random.Random(seed)
+    means = sorted(block_ratio(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def make_cache(kind: str, model: Any, budget: int) -> Any:
@@ -49,15 +66,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="auto: bfloat16 where the CPU computes it natively, else float32 (evolkv_hf.demo.fast_dtype)",
+    )
     parser.add_argument("--lengths", default="2048,4096,8192")
     parser.add_argument("--budget", type=int, default=128)
-    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="prefill: ABBA blocks per length (4 prefills each)"
+    )
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    dtype = getattr(torch, args.dtype)
+    dtype = fast_dtype("cpu") if args.dtype == "auto" else getattr(torch, args.dtype)
     model, _ = load_demo_model(dtype=dtype)
     lengths = [int(x) for x in args.lengths.split(",")]
     generator = torch.Generator().manual_seed(0)
@@ -72,34 +96,42 @@ def main() -> None:
 
     results: dict[str, Any] = {
         "budget": args.budget,
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
         "prefill_seconds": {},
         "kv_bytes": {},
     }
     for length in lengths:
         ids = torch.randint(100, vocab, (1, length), generator=generator)
         times: dict[str, list[float]] = {"dynamic": [], "evolkv": []}
-        for repeat in range(args.repeats):
-            for kind in ("dynamic", "evolkv") if repeat % 2 == 0 else ("evolkv", "dynamic"):
+        blocks: list[float] = []
+        for block in range(args.repeats):
+            first, second = ("dynamic", "evolkv") if block % 2 == 0 else ("evolkv", "dynamic")
+            spent = {"dynamic": 0.0, "evolkv": 0.0}
+            for kind in (first, second, second, first):
                 cache = make_cache(kind, model, args.budget)
-                times[kind].append(time_prefill(model, ids, cache))
+                seconds = time_prefill(model, ids, cache)
+                times[kind].append(seconds)
+                spent[kind] += seconds
                 results["kv_bytes"].setdefault(f"{kind}_{length}", kv_memory_bytes(cache))
                 del cache
                 gc.collect()
+            blocks.append(spent["evolkv"] / spent["dynamic"])
         medians = {kind: statistics.median(values) for kind, values in times.items()}
-        ratio = medians["evolkv"] / medians["dynamic"]
-        results["prefill_seconds"][str(length)] = {"runs": times, "median": medians}
-        key = f"prefill_ratio_{length // 1024}k"
-        results[key] = round(ratio, 3)
-        # Each repeat times the two caches back to back: the median of those pairs' ratios is less sensitive to
-        # a slow phase of the shared machine than the ratio of the two medians.
-        pairs = [e / d for d, e in zip(times["dynamic"], times["evolkv"], strict=True)]
-        paired = statistics.median(pairs)
-        results[f"prefill_paired_ratio_{length // 1024}k"] = round(paired, 3)
-        results["prefill_seconds"][str(length)]["paired_ratios"] = [round(r, 4) for r in pairs]
+        ratio = block_ratio(blocks)
+        low, high = block_ratio_interval(blocks)
+        tag = f"{length // 1024}k"
+        results[f"prefill_ratio_{tag}"] = round(ratio, 3)
+        results[f"prefill_ratio_{tag}_ci95"] = [round(low, 3), round(high, 3)]
+        results[f"prefill_ratio_of_medians_{tag}"] = round(medians["evolkv"] / medians["dynamic"], 3)
+        results["prefill_seconds"][str(length)] = {
+            "runs": times,
+            "median": medians,
+            "block_ratios": [round(r, 4) for r in blocks],
+        }
         print(
-            f"prefill {length:>5} tokens: DynamicCache {medians['dynamic']:.2f}s  "
-            f"EvolKVCache {medians['evolkv']:.2f}s  ratio {ratio:.3f} (median of paired ratios {paired:.3f})",
+            f"prefill {length:>5} tokens: DynamicCache {medians['dynamic']:.2f}s  EvolKVCache {medians['evolkv']:.2f}s  "
+            f"ratio {ratio:.3f} [{low:.3f}, {high:.3f}] (geometric mean of {len(blocks)} ABBA blocks; ratio of "
+            f"medians {medians['evolkv'] / medians['dynamic']:.3f})",
             flush=True,
         )
 

@@ -459,7 +459,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--model", default="demo", help=f"'demo' or one of {['random:' + n for n in RANDOM_MODELS]}"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: bfloat16 where the device computes it natively, else float32 (evolkv_hf.demo.fast_dtype)",
+    )
     parser.add_argument(
         "--attn", default="sdpa", help="attn_implementation (sdpa, eager, flash_attention_2, ...)"
     )
@@ -482,6 +487,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--memory-job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.dtype == "auto":  # resolved once, so that the memory jobs and kvpress's worker get the same
+        from evolkv_hf.demo import fast_dtype
+
+        args.dtype = str(fast_dtype(args.device)).removeprefix("torch.")
     if args.replot is not None:
         saved: dict[str, Any] = json.loads(args.replot.read_text())
         write_derived(saved, args.replot, args.plot)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import transformers
 
-from evolkv_hf.demo import load_demo_model
+from evolkv_hf.demo import fast_dtype, load_demo_model
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import compute_metric, load_metric
 from evolkv_hf.search.engine import CacheOptions, PlainEngine, PrefillOnceEngine
@@ -67,10 +67,17 @@ def main() -> None:
     parser.add_argument("--plain-candidates", type=int, default=None)
     parser.add_argument("--target-budget", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="auto: bfloat16 where the CPU computes it natively, else float32 (evolkv_hf.demo.fast_dtype)",
+    )
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.dtype == "auto":
+        args.dtype = str(fast_dtype("cpu")).removeprefix("torch.")
 
     model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype), attn_implementation=args.attn)
     metric = load_metric("edit_sim")

@@ -17,6 +17,8 @@ import sys
 import textwrap
 import time
 import traceback
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -611,16 +613,27 @@ def run_generate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _search_field_type(field: Any) -> Any:
-    text = str(field.type)
-    if "bool" in text:
+def _search_field_type(hint: Any) -> Any:
+    """The argparse type of a ``SearchArguments`` field from its resolved annotation.
+
+    The annotation comes from ``typing.get_type_hints``, not ``field.type``: transformers' ``HfArgumentParser``
+    rewrites ``field.type`` in place (``int | None`` becomes ``int``), which must not change this CLI.
+    """
+    members = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else ()
+    )
+    optional = type(None) in members
+    base = next((member for member in members if member is not type(None)), hint) if members else hint
+    if base is bool:
         return _parse_bool
-    if "list" in text:
+    if base is list or typing.get_origin(base) is list:
         return lambda value: [item for item in value.split(",") if item]
-    if "float" in text:
+    if base is float:
         return float
-    if "int" in text:
-        return _parse_optional_int if "None" in text else int
+    if base is int:
+        return _parse_optional_int if optional else int
     return str
 
 
@@ -697,6 +710,7 @@ def add_search_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="resume the latest or a given checkpoint",
     )
+    hints = typing.get_type_hints(SearchArguments)
     for field in dataclasses.fields(SearchArguments):
         flag = "--" + field.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f"search_{field.name}", "default": argparse.SUPPRESS}
@@ -704,7 +718,7 @@ def add_search_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
         else:
-            kwargs["type"] = _search_field_type(field)
+            kwargs["type"] = _search_field_type(hints[field.name])
         search.add_argument(flag, help=help_text, **kwargs)
     parser.set_defaults(func=run_search)
     return parser

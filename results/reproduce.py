@@ -73,14 +73,21 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah
     )
 
 
-def search_name(args: argparse.Namespace, seed: int) -> str:
+def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -> str:
     """The directory name of one seed's search under ``allocations/`` and ``runs/``.
 
-    The search-set size appears (``__s60``) only when it is not the paper's 30, so the published names stay.
+    The search-set size appears (``__s60``) only when it is not the paper's 30, so the published names stay;
+    so does the sweep (``__g15x2``: a second sweep over the groups, started from the first's allocation) only
+    after the first. ``sweep`` defaults to the run's last, ``--sweeps``.
     """
+    sweep = getattr(args, "sweeps", 1) if sweep is None else sweep
     samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
     split = "__stratified" if args.depth_split == "stratified" else ""
-    return f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}{samples}{split}__seed{seed}"
+    sweeps = "" if sweep == 1 else f"x{sweep}"
+    return (
+        f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}{sweeps}{samples}{split}"
+        f"__seed{seed}"
+    )
 
 
 def split_samples(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
@@ -95,6 +102,14 @@ def split_samples(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
     return data.select(range(args.search_samples)), data.select(range(args.search_samples, total))
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,6 +118,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--population", type=int, default=10)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--constraint", default="penalty", choices=["penalty", "project"])
+    parser.add_argument(
+        "--sweeps",
+        type=positive_int,
+        default=1,
+        help="sweeps over the layer groups: each sweep after the first is a new search of --generations per "
+        "group started from the previous sweep's allocation (SearchArguments.initial_allocation)",
+    )
     parser.add_argument("--budgets", default="128,256,512")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=25)
@@ -120,8 +142,30 @@ def parse_args() -> argparse.Namespace:
 def search(
     args: argparse.Namespace, model: Any, tokenizer: Any, train: Any, seed: int
 ) -> tuple[BudgetAllocation, float]:
-    name = search_name(args, seed)
+    """One seed's allocation after ``--sweeps`` sweeps, and the summed search time of all of them."""
+    total = 0.0
+    previous: str | None = None
+    for sweep in range(1, args.sweeps + 1):
+        allocation, seconds = search_sweep(args, model, tokenizer, train, seed, sweep, previous)
+        total += seconds
+        previous = search_name(args, seed, sweep)
+    return allocation, total
+
+
+def search_sweep(
+    args: argparse.Namespace,
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    seed: int,
+    sweep: int,
+    initial: str | None,
+) -> tuple[BudgetAllocation, float]:
+    """One sweep of one seed's search (reused when ``allocations/`` holds it), started from the allocation
+    ``allocations/<initial>`` (recorded as ``results/allocations/<initial>``, not as this machine's path)."""
+    name = search_name(args, seed, sweep)
     directory = ROOT / "allocations" / name
+    origin = {"initial_allocation": f"results/allocations/{initial}"} if initial is not None else {}
     if (directory / "allocation.json").is_file():
         allocation = BudgetAllocation.from_pretrained(directory)
         # The directory name does not carry every setting: reuse it only when its provenance matches.
@@ -132,6 +176,8 @@ def search(
             "context_length": args.context_length,
             "depth_split": args.depth_split,
             **held_out_size(args),
+            **origin,
+            "dtype": args.dtype,
         }
         saved = {
             "search_num_samples": allocation.search_num_samples,
@@ -140,6 +186,13 @@ def search(
             "context_length": allocation.extra.get("context_length"),
             "depth_split": allocation.extra.get("depth_split", "ordered"),
             **({"eval_samples": allocation.extra.get("eval_samples", 200)} if held_out_size(args) else {}),
+            **(
+                {"initial_allocation": allocation.extra.get("initial_allocation")}
+                if initial is not None
+                else {}
+            ),
+            # Every published search before the dtype was recorded ran in bfloat16.
+            "dtype": allocation.extra.get("dtype", "bfloat16"),
         }
         if saved != wanted:
             raise SystemExit(
@@ -163,6 +216,7 @@ def search(
         eval_batch_size=args.batch_size,
         save_total_limit=1,
         overwrite_output_dir=not resume,
+        initial_allocation=str(ROOT / "allocations" / initial) if initial is not None else None,
     )
     metric = TASKS[args.task].partial_credit_metric
     start = time.perf_counter()
@@ -190,6 +244,8 @@ def search(
         base_model=DEMO_MODEL_ID,
         extra={
             **result.allocation.extra,
+            **origin,
+            "dtype": args.dtype,
             "search_seconds": round(seconds, 1),
             "context_length": args.context_length,
             "depth_split": args.depth_split,
@@ -419,14 +475,18 @@ def paired_comparisons(
 
 
 def run_key(args: argparse.Namespace) -> str:
-    """The run's key in ``summary.json``: task, context length, target, constraint, generations, search-set
-    size, split and held-out size (population, group size, seeds and dtype are in the run's settings).
+    """The run's key in ``summary.json``: task, context length, target, constraint, generations (and sweeps),
+    search-set size, split and held-out size (population, group size, seeds and dtype are in the run's
+    settings).
 
-    The held-out size appears (``__e400``) only when it is not 200, so the published keys stay.
+    The held-out size appears (``__e400``) only when it is not 200, and the sweeps (``__g15x2``) only when more
+    than one, so the published keys stay.
     """
+    sweeps = getattr(args, "sweeps", 1)
     return (
         f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}__g{args.generations}"
-        f"__s{args.search_samples}"
+        + ("" if sweeps == 1 else f"x{sweeps}")
+        + f"__s{args.search_samples}"
         + ("__stratified" if args.depth_split == "stratified" else "")
         + ("" if args.eval_samples == 200 else f"__e{args.eval_samples}")
     )

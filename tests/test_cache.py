@@ -191,7 +191,9 @@ def test_window_queries_equal_the_queries_the_attention_receives():
             recomputed = window_queries(
                 module, recipe, kwargs["hidden_states"], kwargs["position_embeddings"], window=5
             )
-            torch.testing.assert_close(recomputed, captured_queries[index][:, :, -5:], rtol=0, atol=0)
+            # Equal up to float32 rounding: the recomputation projects only the window's rows, and a BLAS may
+            # block a 5-row matmul differently from the full one (exact on Intel MKL, ~1e-7 apart on AVX2 AMD).
+            torch.testing.assert_close(recomputed, captured_queries[index][:, :, -5:], rtol=1e-5, atol=1e-6)
 
 
 def test_kept_positions_are_topk_of_independent_window_attention():

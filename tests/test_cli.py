@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_rows, tiny_tokenizer
 
-from evolkv_hf import BudgetAllocation, cli
+from evolkv_hf import BudgetAllocation, SearchArguments, cli
 from evolkv_hf.cli import COMMANDS, main
 
 
@@ -407,3 +408,31 @@ def test_search_num_samples_applies_to_a_dataset_and_optional_ints_take_none(
     assert "--eval-dataset" in capsys.readouterr().err
     assert main([*argv, "--save-total-limit", "few"]) == 2
     assert "integer or 'none'" in capsys.readouterr().err
+
+
+def test_search_flags_keep_their_types_after_hf_argument_parser_rewrote_the_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the flags' types were read from ``field.type``, which ``HfArgumentParser(SearchArguments)``
+    rewrites in place (``int | None`` becomes ``int``), so after it ``--save-total-limit none`` was refused."""
+    for field in dataclasses.fields(
+        SearchArguments
+    ):  # what HfArgumentParser leaves behind, undone after the test
+        monkeypatch.setattr(field, "type", str(field.type).replace(" | None", ""))
+    common = ["search", "--demo", "--task", "niah_single", "--output-dir", "x"]
+    namespace = cli.build_parser().parse_args(
+        [
+            *common,
+            "--save-total-limit",
+            "none",
+            "--report-to",
+            "tensorboard,wandb",
+            "--greater-is-better",
+            "no",
+        ]
+    )
+    assert namespace.search_save_total_limit is None
+    assert namespace.search_report_to == ["tensorboard", "wandb"]
+    assert namespace.search_greater_is_better is False
+    namespace = cli.build_parser().parse_args([*common, "--initial-allocation", "runs/a/allocation"])
+    assert namespace.search_initial_allocation == "runs/a/allocation"

@@ -227,10 +227,50 @@ def test_job_flags() -> None:
     from evolkv_hf.demo import job
 
     args = job._parse_args([])
-    assert (args.budget, args.context_length, args.dtype) == (128, 2048, "bfloat16")
+    assert (args.budget, args.context_length, args.dtype) == (128, 2048, "auto")
     assert job._parse_args(["--budget", "64", "--eval-samples", "4"]).eval_samples == 4
     with pytest.raises(SystemExit):
         job._parse_args(["--budget", "many"])
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(False, False, torch.float32), (True, False, torch.bfloat16), (False, True, torch.bfloat16)],
+)
+def test_fast_dtype_is_bfloat16_only_on_cpus_that_compute_it_natively(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: torch.dtype
+) -> None:
+    # Regression: the demo ran in bfloat16 everywhere, about 4x slower than float32 on an AVX2-only CPU.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert demo.fast_dtype("cpu") == expected
+    assert demo.fast_dtype(torch.device("cpu")) == expected
+
+
+def test_fast_dtype_falls_back_to_float32_without_torch_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert demo.fast_dtype() == torch.float32
+    assert demo.fast_dtype("meta") == torch.float32
+
+
+def test_demo_job_auto_dtype_loads_the_fast_dtype(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evolkv_hf.demo import job
+
+    loaded: list[torch.dtype] = []
+
+    def stop_after_load(*, dtype: torch.dtype, **kwargs: Any) -> Any:
+        loaded.append(dtype)
+        raise demo.DemoUnavailableError("stop here")
+
+    monkeypatch.setattr(job, "fast_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(job, "load_demo_model", stop_after_load)
+    assert job.main([]) == 2
+    assert job.main(["--dtype", "bfloat16"]) == 2
+    assert loaded == [torch.float16, torch.bfloat16]
+    assert "stop here" in capsys.readouterr().err
 
 
 def test_kv_memory_bytes_of_a_dynamic_cache() -> None:
@@ -336,3 +376,23 @@ def test_job_refuses_a_used_output_dir_before_loading_the_model(
     assert job.main(["--output-dir", str(tmp_path)]) == 2
     assert "is not an empty directory" in capsys.readouterr().err
     assert (tmp_path / "earlier-run.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("major", "expected"), [(7, torch.float32), (8, torch.bfloat16), (9, torch.bfloat16)]
+)
+def test_fast_dtype_on_cuda_is_bfloat16_from_ampere_on(
+    monkeypatch: pytest.MonkeyPatch, major: int, expected: torch.dtype
+) -> None:
+    seen: list[torch.device] = []
+
+    def capability(device: torch.device) -> tuple[int, int]:
+        seen.append(device)
+        return major, 0
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert demo.fast_dtype("cuda:1") == expected
+    assert seen == [torch.device("cuda:1")]  # the device asked about, not the current one
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert demo.fast_dtype("cuda") == torch.float32

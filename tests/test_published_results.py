@@ -125,3 +125,31 @@ def test_run_control_flags_are_not_published_settings(search_name: object) -> No
     for key, run in SUMMARY["runs"].items():
         assert "search_only" not in run["settings"], key
         assert "--search-only" not in run["command"], key
+
+
+def test_a_second_sweep_is_named_apart_and_starts_from_the_first(
+    search_name: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reproduce
+
+    settings = argparse.Namespace(
+        task="niah_single", context_length=2048, target_budget=128, constraint="project", generations=15,
+        search_samples=30, depth_split="stratified", eval_samples=200, sweeps=1,
+    )  # fmt: skip
+    # One sweep: the published names and keys, unchanged.
+    assert reproduce.search_name(settings, 0) == "niah_single__c128__project__g15__stratified__seed0"
+    assert reproduce.run_key(settings) == "niah_single__2048__c128__project__g15__s30__stratified"
+    settings.sweeps = 2
+    assert reproduce.search_name(settings, 1) == "niah_single__c128__project__g15x2__stratified__seed1"
+    assert reproduce.search_name(settings, 1, 1) == "niah_single__c128__project__g15__stratified__seed1"
+    assert reproduce.run_key(settings) == "niah_single__2048__c128__project__g15x2__s30__stratified"
+    calls = []
+
+    def fake_sweep(args, model, tokenizer, train, seed, sweep, initial):
+        calls.append((sweep, initial))
+        return BudgetAllocation.uniform(30, 128), 100.0 * sweep
+
+    monkeypatch.setattr(reproduce, "search_sweep", fake_sweep)
+    _, seconds = reproduce.search(settings, None, None, None, 1)
+    assert calls == [(1, None), (2, "niah_single__c128__project__g15__stratified__seed1")]
+    assert seconds == 300.0  # both sweeps' search time

@@ -640,3 +640,88 @@ class TestArgumentTypes:
         with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
             combined_fitness(-1.0, [64] * 4, 128, lam=1, gamma=4)
         assert small_args(tmp_path, cache_score_gamma=1.0).cache_score_gamma == 1.0
+
+
+class TestInitialAllocation:
+    """A warm start: the search starts from a saved allocation instead of uniform budgets."""
+
+    def test_starts_from_the_allocation_and_records_it(self, tmp_path):
+        BudgetAllocation(budgets=[20, 8, 8], window_size=4).save_pretrained(tmp_path / "start")
+        result = make_searcher(
+            tmp_path, generations_per_group=1, initial_allocation=str(tmp_path / "start")
+        ).search()
+        baseline = next(entry for entry in result.history if entry["event"] == "baseline")
+        assert baseline["scheme"] == "initial"
+        assert baseline["budgets"] == [20, 8, 8]
+        # Every candidate of the first group keeps the start's budget for the layer outside the group.
+        first = [e for e in result.history if e["event"] == "candidate" and e["group"] == 0]
+        assert first and all(e["budgets"][2] == 8 for e in first)
+        assert result.allocation.extra["initial_allocation"] == str(tmp_path / "start")
+        assert result.allocation.extra["initial_budgets"] == [20, 8, 8]
+        assert result.allocation.total == 36
+        uniform = make_searcher(tmp_path / "uniform", generations_per_group=1).search()
+        assert next(e for e in uniform.history if e["event"] == "baseline")["scheme"] == "uniform"
+        assert "initial_allocation" not in uniform.allocation.extra
+
+    def test_the_start_is_rescaled_to_the_target_within_the_bounds(self, tmp_path):
+        BudgetAllocation(budgets=[40, 10, 10], window_size=4).save_pretrained(tmp_path / "start")
+        result = make_searcher(
+            tmp_path, generations_per_group=1, max_budget=18, initial_allocation=tmp_path / "start"
+        ).search()
+        baseline = next(entry for entry in result.history if entry["event"] == "baseline")
+        # 40:10:10 scaled to a total of 36 is 24:6:6; the first is capped at 18 and the excess goes to the rest.
+        assert baseline["scheme"] == "initial" and baseline["budgets"] == [18, 9, 9]
+
+    def test_continuing_a_search_from_its_own_allocation_with_overwrite(self, tmp_path):
+        make_searcher(tmp_path, generations_per_group=1).search()
+        # Stand-in for a first search's non-uniform result, in the place the search writes it.
+        BudgetAllocation(budgets=[16, 10, 10], window_size=4).save_pretrained(
+            tmp_path / "run" / "allocation", overwrite=True
+        )
+        again = make_searcher(
+            tmp_path,
+            generations_per_group=1,
+            overwrite_output_dir=True,
+            initial_allocation=str(tmp_path / "run" / "allocation"),
+        ).search()
+        baseline = next(entry for entry in again.history if entry["event"] == "baseline")
+        assert baseline["budgets"] == [16, 10, 10]
+        # The start is recorded by value: its directory now holds the new result.
+        assert again.allocation.extra["initial_budgets"] == [16, 10, 10]
+        assert BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation") == again.allocation
+
+    def test_wrong_layer_count_is_refused_before_output_dir_is_touched(self, tmp_path):
+        BudgetAllocation(budgets=[12, 12], window_size=4).save_pretrained(tmp_path / "two")
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "search_log.jsonl").write_text("{}\n")
+        searcher = make_searcher(
+            tmp_path, overwrite_output_dir=True, initial_allocation=str(tmp_path / "two")
+        )
+        with pytest.raises(ValueError, match="has 2 budgets but the model has 3 decoder layers"):
+            searcher.search()
+        assert (tmp_path / "run" / "search_log.jsonl").read_text() == "{}\n"
+
+    def test_a_missing_allocation_is_a_clear_error(self, tmp_path):
+        searcher = make_searcher(tmp_path, initial_allocation=str(tmp_path / "nowhere"))
+        with pytest.raises(ValueError, match=r"initial_allocation .*nowhere.* could not be loaded"):
+            searcher.search()
+        assert not (tmp_path / "run").exists()
+
+    def test_resume_must_start_from_the_same_budgets(self, tmp_path):
+        start = BudgetAllocation(budgets=[20, 8, 8], window_size=4)
+        start.save_pretrained(tmp_path / "start")
+        make_searcher(tmp_path, initial_allocation=str(tmp_path / "start")).search()
+        with pytest.raises(ValueError, match=r"started from \[20, 8, 8\].*gives uniform budgets"):
+            make_searcher(tmp_path).search(resume_from_checkpoint=True)
+        # Another path to the same allocation resumes (the budgets are compared, not the path).
+        start.save_pretrained(tmp_path / "moved")
+        resumed = make_searcher(tmp_path, initial_allocation=str(tmp_path / "moved")).search(
+            resume_from_checkpoint=True
+        )
+        assert resumed.allocation.extra["initial_budgets"] == [20, 8, 8]
+
+    def test_non_path_values_are_refused(self, tmp_path):
+        with pytest.raises(TypeError, match="save_pretrained"):
+            small_args(tmp_path, initial_allocation=BudgetAllocation(budgets=[12, 12, 12]))
+        with pytest.raises(ValueError, match="None to start from uniform"):
+            small_args(tmp_path, initial_allocation="")

@@ -77,6 +77,10 @@ class EvolKVLayer(DynamicLayer):
             self.prefill_length = length
             pending, self.pending = self.pending, None
             if length > self.budget:
+                # The projections arrive as transposed views; one contiguous copy of each (what DynamicCache's
+                # concatenation makes too) serves the scoring, the gather and the prefill's attention, which all
+                # run faster on it.
+                key_states, value_states = key_states.contiguous(), value_states.contiguous()
                 positions = self._select(key_states, pending)
                 self.prefill_positions = positions
                 self.keys = _gather(key_states, positions)

@@ -8,7 +8,8 @@
    PyramidKV and the learned allocation at the same mean budget, and at twice that budget (the learned
    allocation rescaled, no new search).
 
-Everything runs offline on the CPU in a few minutes (bfloat16, 2 cores).
+Everything runs offline on the CPU in a few minutes on 2 cores, in bfloat16 where the CPU computes it
+natively and in float32 elsewhere (``--dtype auto``, see :func:`evolkv_hf.demo.fast_dtype`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import DEMO_MODEL_ID, DemoUnavailableError, load_demo_model
+from . import DEMO_MODEL_ID, DemoUnavailableError, fast_dtype, load_demo_model
 
 TASK = "niah_single"
 
@@ -46,7 +47,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--population", type=int, default=6, help="candidates per generation (default: 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and the search (default: 0)")
     parser.add_argument(
-        "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="model dtype (default: bfloat16)"
+        "--dtype",
+        choices=("auto", "bfloat16", "float32"),
+        default="auto",
+        help="model dtype; auto: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32 "
+        "(default: auto)",
     )
     parser.add_argument(
         "--output-dir",
@@ -104,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
     start = time.perf_counter()
+    dtype = fast_dtype("cpu") if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype_name = str(dtype).removeprefix("torch.") + (" (auto)" if args.dtype == "auto" else "")
     try:
-        model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype))
+        model, tokenizer = load_demo_model(dtype=dtype)
         search_set = load_task(TASK, tokenizer, args.context_length, args.search_samples, seed=args.seed)
         held_out = load_task(TASK, tokenizer, args.context_length, args.eval_samples, seed=args.seed + 10_000)
     except (DemoUnavailableError, TaskDataUnavailableError) as error:
@@ -113,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     layers = model.config.num_hidden_layers
     print(
-        f"Model: {DEMO_MODEL_ID} ({layers} layers, {args.dtype}); task {TASK} at {args.context_length} tokens: "
+        f"Model: {DEMO_MODEL_ID} ({layers} layers, {dtype_name}); task {TASK} at {args.context_length} tokens: "
         f"{len(search_set)} search samples, {len(held_out)} held-out samples."
     )
 

@@ -68,6 +68,14 @@ class SearchArguments:
     max_budget: int | None = field(
         default=None, metadata={"help": "Largest per-layer budget (default: 4 * target_budget)."}
     )
+    initial_allocation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory or Hub repo id of a saved BudgetAllocation to start from (a warm start, e.g. to "
+            "continue an earlier search for more generations); rescaled to target_budget within [min_budget, "
+            "max_budget]. Default: uniform budgets."
+        },
+    )
     window_size: int = field(default=32, metadata={"help": "Observation window of the SnapKV selector."})
     kernel_size: int = field(default=7, metadata={"help": "Pooling kernel of the SnapKV selector."})
     pooling: str = field(
@@ -157,6 +165,19 @@ class SearchArguments:
                     f"{type(self.engine_storage_device).__name__} {self.engine_storage_device!r}."
                 )
             self.engine_storage_device = str(self.engine_storage_device)  # stored by name, as JSON
+        if isinstance(self.initial_allocation, os.PathLike):
+            self.initial_allocation = os.fspath(self.initial_allocation)
+        if self.initial_allocation is not None and not isinstance(self.initial_allocation, str):
+            raise TypeError(
+                "initial_allocation must be the directory or Hub repo id of a saved BudgetAllocation, got "
+                f"{type(self.initial_allocation).__name__} {self.initial_allocation!r}; save a BudgetAllocation "
+                "object with save_pretrained(dir) first."
+            )
+        if self.initial_allocation == "":
+            raise ValueError(
+                "initial_allocation is empty: pass the directory or Hub repo id of a saved BudgetAllocation, or "
+                "None to start from uniform budgets."
+            )
         if self.report_to is None:
             self.report_to = []
         elif isinstance(self.report_to, str):

@@ -38,6 +38,9 @@ class SearchState:
         Global best scheme so far, its fitness F and its metric f.
     evaluations:
         Distinct candidates evaluated (the fitness cache size).
+    initial_budgets:
+        The scheme the search started from when ``SearchArguments.initial_allocation`` was given (rescaled to
+        the target), else ``None`` (uniform).
     log_history:
         One entry per evaluated candidate and per generation summary.
     """
@@ -52,6 +55,7 @@ class SearchState:
     best_fitness: float = -math.inf
     best_score: float = math.nan
     evaluations: int = 0
+    initial_budgets: list[int] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property

@@ -342,9 +342,21 @@ class BudgetSearcher:
         strategy: GroupStrategy | None = None
         snapshot: tuple[dict[str, Any], bytes] | None = None
         checkpoint_path = self._resolve_resume(resume_from_checkpoint, output_dir)
+        # Read before output_dir is cleared: the allocation may be an earlier search's in this directory.
+        initial = self._initial_budgets()
+        start = uniform if initial is None else initial
         if checkpoint_path is not None:
             self._check_foreign_resume(checkpoint_path, output_dir)
             strategy = self._restore(checkpoint_path, groups)
+            if initial != self.state.initial_budgets:
+                started = (
+                    "uniform budgets" if self.state.initial_budgets is None else self.state.initial_budgets
+                )
+                raise ValueError(
+                    f"Cannot resume {checkpoint_path}: that search started from {started}, and "
+                    f"initial_allocation={args.initial_allocation!r} gives {'uniform budgets' if initial is None else initial}. "
+                    "Resume with the initial_allocation the search started from."
+                )
             if self.is_main_process:  # resuming a checkpoint from elsewhere into a new output_dir
                 output_dir.mkdir(parents=True, exist_ok=True)
         else:
@@ -352,8 +364,9 @@ class BudgetSearcher:
             self.state = SearchState(
                 num_groups=len(groups),
                 generations_per_group=args.generations_per_group,
-                base_budgets=list(uniform),
-                best_budgets=list(uniform),
+                base_budgets=list(start),
+                best_budgets=list(start),
+                initial_budgets=initial,
             )
         if self.num_processes > 1:
             # Every process has checked output_dir before the main one writes into it (log, integrations).
@@ -362,20 +375,21 @@ class BudgetSearcher:
             PartialState().wait_for_everyone()
         self._fire("on_search_begin")
         if checkpoint_path is None:
-            baseline = self._evaluate_population([uniform])[0]
+            scheme = "uniform" if args.initial_allocation is None else "initial"
+            baseline = self._evaluate_population([start])[0]
             if baseline["error"] is not None:
                 raise RuntimeError(
-                    f"The uniform baseline scheme could not be evaluated ({baseline['error']}); fix the model, the "
+                    f"The {scheme} baseline scheme could not be evaluated ({baseline['error']}); fix the model, the "
                     "data or the metric before searching."
                 )
             if math.isnan(baseline["score"]):
                 raise RuntimeError(
-                    f"The metric returned NaN ({self.metric_key!r}) for the uniform baseline scheme, so no candidate "
-                    "could be ranked; check that the metric returns a number for these predictions and references "
-                    "(e.g. that the references are not empty)."
+                    f"The metric returned NaN ({self.metric_key!r}) for the {scheme} baseline scheme, so no "
+                    "candidate could be ranked; check that the metric returns a number for these predictions and "
+                    "references (e.g. that the references are not empty)."
                 )
             self._update_best(baseline)
-            self._log({"event": "baseline", **baseline})
+            self._log({"event": "baseline", "scheme": scheme, **baseline})
         try:
             while self.state.group_index < len(groups) and not self.control.should_search_stop:
                 group = groups[self.state.group_index]
@@ -423,6 +437,55 @@ class BudgetSearcher:
         result = self._finish()
         self._fire("on_search_end")
         return result
+
+    def _initial_budgets(self) -> list[int] | None:
+        """``args.initial_allocation``'s budgets rescaled to the target (``None`` without one: uniform).
+
+        With several processes the main one reads the allocation (a Hub download once, not once per process) and
+        hands the budgets, or the error, to the others, so that all of them start alike or fail alike.
+        """
+        if self.args.initial_allocation is None:
+            return None
+        if self.num_processes == 1:
+            return self._read_initial_budgets()
+        from accelerate.utils import broadcast_object_list
+
+        message: list[Any] = [None]
+        if self.is_main_process:
+            try:
+                message[0] = self._read_initial_budgets()
+            except Exception as error:  # re-raised on every process below
+                message[0] = error
+        broadcast_object_list(message, from_process=0)
+        if isinstance(message[0], Exception):
+            raise message[0]
+        return list(message[0])
+
+    def _read_initial_budgets(self) -> list[int]:
+        source = self.args.initial_allocation
+        if source is None:  # pragma: no cover - checked by the caller
+            raise ValueError("initial_allocation is not set.")
+        try:
+            allocation = BudgetAllocation.from_pretrained(source)
+        except Exception as error:
+            raise ValueError(
+                f"initial_allocation {source!r} could not be loaded as a BudgetAllocation ({type(error).__name__}: "
+                f"{error}). Pass the directory written by save_pretrained (an earlier search's output_dir/allocation) "
+                "or a Hub repo id holding allocation.json."
+            ) from error
+        if len(allocation.budgets) != self.num_layers:
+            raise ValueError(
+                f"initial_allocation {source!r} has {len(allocation.budgets)} budgets but the model has "
+                f"{self.num_layers} decoder layers: start from an allocation searched for this model."
+            )
+        if allocation.window_size != self.args.window_size:
+            logger.warning(
+                "initial_allocation %r was searched with window_size=%d; this search uses window_size=%d.",
+                source,
+                allocation.window_size,
+                self.args.window_size,
+            )
+        return self._project(list(allocation.budgets))
 
     def _run_generation(self, strategy: GroupStrategy, group: list[int]) -> None:
         candidates = []
@@ -526,6 +589,10 @@ class BudgetSearcher:
             "group_order": args.group_order,
             "engine": args.engine,
         }
+        if self.state.initial_budgets is not None:
+            # The budgets too: the source may be a path that later holds something else (or this very result).
+            extra["initial_allocation"] = args.initial_allocation
+            extra["initial_budgets"] = list(self.state.initial_budgets)
         if base_model is None:
             extra["model"] = model_name(self.model)
         commit = getattr(self.model.config, "_commit_hash", None)
