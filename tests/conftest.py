@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from datasets.utils import logging as datasets_logging
 from hub_server import FakeHub
+from transformers.utils import logging as transformers_logging
+
+# The datasets and transformers loggers bind sys.stderr when first used. Bind them here, under pytest's
+# session-wide capture: bound inside a test that uses capsys, they would keep that test's stream, which is
+# closed after it, and every later log record would print a "--- Logging error ---" traceback into whichever
+# test logs next (seen with `pytest tests/test_benchmarks.py tests/test_cli.py`).
+datasets_logging.get_logger()
+transformers_logging.get_logger()
 
 
 @pytest.fixture
