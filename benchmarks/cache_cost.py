@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import math
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -38,7 +37,8 @@ from transformers import DynamicCache
 
 from evolkv_hf import EvolKVCache
 from evolkv_hf.cache import kv_memory_bytes
-from evolkv_hf.demo import fast_dtype, load_demo_model
+from evolkv_hf.demo import load_demo_model, resolve_dtype
+from evolkv_hf.metrics import bootstrap_ci
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import machine, positive_int, time_decode, time_prefill
@@ -46,16 +46,15 @@ from _measure import machine, positive_int, time_decode, time_prefill
 RESULTS = Path(__file__).parent / "results" / "cache_cost.json"
 
 
-def block_ratio(ratios: list[float]) -> float:
-    """Geometric mean of the ABBA blocks' ratios (a ratio and its inverse average to 1)."""
-    return math.exp(statistics.fmean(math.log(r) for r in ratios))
+def block_ratio(ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of the ABBA blocks' ratios (a ratio and its inverse average to 1) and its 95% interval.
 
-
-def block_ratio_interval(ratios: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of :func:`block_ratio` over the blocks."""
-    rng = random.Random(seed)
-    means = sorted(block_ratio(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    The interval is the percentile bootstrap of the mean log-ratio (:func:`evolkv_hf.metrics.bootstrap_ci`),
+    mapped back through ``exp``, which keeps percentiles.
+    """
+    logs = [math.log(r) for r in ratios]
+    low, high = bootstrap_ci(logs, n_resamples=4000, seed=0)
+    return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
 def make_cache(kind: str, model: Any, budget: int) -> Any:
@@ -81,7 +80,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    dtype = fast_dtype("cpu") if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = resolve_dtype(args.dtype)
     model, _ = load_demo_model(dtype=dtype)
     lengths = [int(x) for x in args.lengths.split(",")]
     generator = torch.Generator().manual_seed(0)
@@ -117,8 +116,7 @@ def main() -> None:
                 gc.collect()
             blocks.append(spent["evolkv"] / spent["dynamic"])
         medians = {kind: statistics.median(values) for kind, values in times.items()}
-        ratio = block_ratio(blocks)
-        low, high = block_ratio_interval(blocks)
+        ratio, low, high = block_ratio(blocks)
         tag = f"{length // 1024}k"
         results[f"prefill_ratio_{tag}"] = round(ratio, 3)
         results[f"prefill_ratio_{tag}_ci95"] = [round(low, 3), round(high, 3)]

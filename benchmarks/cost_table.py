@@ -488,9 +488,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dtype == "auto":  # resolved once, so that the memory jobs and kvpress's worker get the same
-        from evolkv_hf.demo import fast_dtype
+        from evolkv_hf.demo import resolve_dtype
 
-        args.dtype = str(fast_dtype(args.device)).removeprefix("torch.")
+        args.dtype = str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")
     if args.replot is not None:
         saved: dict[str, Any] = json.loads(args.replot.read_text())
         write_derived(saved, args.replot, args.plot)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import transformers
 
-from evolkv_hf.demo import fast_dtype, load_demo_model
+from evolkv_hf.demo import load_demo_model, resolve_dtype
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import compute_metric, load_metric
 from evolkv_hf.search.engine import CacheOptions, PlainEngine, PrefillOnceEngine
@@ -76,10 +76,10 @@ def main() -> None:
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if args.dtype == "auto":
-        args.dtype = str(fast_dtype("cpu")).removeprefix("torch.")
+    dtype = resolve_dtype(args.dtype)
+    args.dtype = str(dtype).removeprefix("torch.")  # recorded in the results by name
 
-    model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype), attn_implementation=args.attn)
+    model, tokenizer = load_demo_model(dtype=dtype, attn_implementation=args.attn)
     metric = load_metric("edit_sim")
     options = CacheOptions()
     num_layers = model.config.num_hidden_layers

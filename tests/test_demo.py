@@ -265,7 +265,7 @@ def test_demo_job_auto_dtype_loads_the_fast_dtype(
         loaded.append(dtype)
         raise demo.DemoUnavailableError("stop here")
 
-    monkeypatch.setattr(job, "fast_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(demo, "fast_dtype", lambda device: torch.float16)
     monkeypatch.setattr(job, "load_demo_model", stop_after_load)
     assert job.main([]) == 2
     assert job.main(["--dtype", "bfloat16"]) == 2

@@ -260,6 +260,17 @@ def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
     return torch.bfloat16 if any(check is not None and check() for check in native) else torch.float32
 
 
+def resolve_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """The dtype a ``--dtype`` option names: ``"auto"`` is :func:`fast_dtype` on ``device``.
+
+    Example::
+
+        >>> resolve_dtype("float32")
+        torch.float32
+    """
+    return fast_dtype(device) if name == "auto" else getattr(torch, name)
+
+
 def load_demo_model(
     *,
     dtype: torch.dtype = torch.float32,

@@ -23,9 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from . import DEMO_MODEL_ID, DemoUnavailableError, fast_dtype, load_demo_model
+from . import DEMO_MODEL_ID, DemoUnavailableError, load_demo_model, resolve_dtype
 
 TASK = "niah_single"
 
@@ -109,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
     start = time.perf_counter()
-    dtype = fast_dtype("cpu") if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = resolve_dtype(args.dtype)
     dtype_name = str(dtype).removeprefix("torch.") + (" (auto)" if args.dtype == "auto" else "")
     try:
         model, tokenizer = load_demo_model(dtype=dtype)

@@ -349,12 +349,12 @@ class BudgetSearcher:
             self._check_foreign_resume(checkpoint_path, output_dir)
             strategy = self._restore(checkpoint_path, groups)
             if initial != self.state.initial_budgets:
-                started = (
-                    "uniform budgets" if self.state.initial_budgets is None else self.state.initial_budgets
+                started, given = (
+                    "uniform budgets" if b is None else b for b in (self.state.initial_budgets, initial)
                 )
                 raise ValueError(
                     f"Cannot resume {checkpoint_path}: that search started from {started}, and "
-                    f"initial_allocation={args.initial_allocation!r} gives {'uniform budgets' if initial is None else initial}. "
+                    f"initial_allocation={args.initial_allocation!r} gives {given}. "
                     "Resume with the initial_allocation the search started from."
                 )
             if self.is_main_process:  # resuming a checkpoint from elsewhere into a new output_dir
@@ -375,7 +375,7 @@ class BudgetSearcher:
             PartialState().wait_for_everyone()
         self._fire("on_search_begin")
         if checkpoint_path is None:
-            scheme = "uniform" if args.initial_allocation is None else "initial"
+            scheme = "uniform" if initial is None else "initial"
             baseline = self._evaluate_population([start])[0]
             if baseline["error"] is not None:
                 raise RuntimeError(
