@@ -9,14 +9,20 @@ Measures, interleaving the two caches so that a noisy shared machine affects bot
   advantage of running first or second (measured: about 5% on a shared 2-core machine). The headline
   ratio is the geometric mean of the block ratios, with a 95% bootstrap interval over the blocks; the
   ratio of the medians of all runs is reported beside it;
+* the prefill work EvolKVCache adds, measured precisely: the inputs every attention layer received in one
+  prefill are captured, then the cache's own per-layer steps (the pre-hook that recomputes the window queries,
+  and ``update``: the contiguous copy, the scoring, the selection and the gather) are replayed on them, in
+  alternation with ``DynamicCache.update`` on the same keys and values. ``prefill_work_ratio_<n>k`` is
+  ``1 + (EvolKVCache's replay - DynamicCache's) / DynamicCache's prefill``. It leaves out the model's own
+  computation, which both caches run alike, and with it the machine noise that widens the end-to-end interval;
 * decode time per token at 8k context with budget 128, over DynamicCache (rounds interleaved A B A B,
   each cache continuing its own sequence);
 * the K/V bytes each cache holds after the prefill.
 
 Writes ``benchmarks/results/cache_cost.json`` (``prefill_ratio_2k``, ``prefill_ratio_4k``,
-``prefill_ratio_8k``, ``decode_ratio_8k_c128``, the raw timings, the machine and versions).
+``prefill_ratio_8k``, ``prefill_work_ratio_<n>k``, ``decode_ratio_8k_c128``, the raw timings, the machine and versions).
 
-Usage (with --repeats 6: about 26 minutes on 2 cores of an AVX2-only CPU in float32)::
+Usage (with --repeats 8: about 33 minutes on 2 cores of an AVX2-only CPU in float32)::
 
     HF_HUB_OFFLINE=1 python benchmarks/cache_cost.py [--dtype auto] [--repeats 3] [--lengths 2048,4096,8192]
 """
@@ -29,6 +35,8 @@ import json
 import math
 import statistics
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +45,12 @@ from transformers import DynamicCache
 
 from evolkv_hf import EvolKVCache
 from evolkv_hf.cache import kv_memory_bytes
+from evolkv_hf.cache.hooks import decoder_module, find_attention_modules
 from evolkv_hf.demo import load_demo_model, resolve_dtype
 from evolkv_hf.metrics import bootstrap_ci
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import machine, positive_int, time_decode, time_prefill
+from _measure import machine, positive_int, synchronize, time_decode, time_prefill
 
 RESULTS = Path(__file__).parent / "results" / "cache_cost.json"
 
@@ -55,6 +64,100 @@ def block_ratio(ratios: list[float]) -> tuple[float, float, float]:
     logs = [math.log(r) for r in ratios]
     low, high = bootstrap_ci(logs, n_resamples=4000, seed=0)
     return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
+
+
+@dataclass
+class LayerInputs:
+    """What one attention layer receives during a prefill: its pre-hook's arguments and its cache update."""
+
+    module: torch.nn.Module
+    arguments: tuple[Any, ...]
+    keyword_arguments: dict[str, Any]
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: Any, ids: torch.Tensor) -> list[LayerInputs]:
+    """Run one DynamicCache prefill and keep, per attention layer, its inputs and the keys/values it cached.
+
+    The keys and values are given back in the layout the projections produce (a transposed view of a
+    ``(batch, seq, heads, dim)`` buffer), which is what a cache's ``update`` receives during a real prefill.
+    """
+    modules = find_attention_modules(model)
+    seen: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def keep(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        names = ("hidden_states", "position_embeddings", "position_ids")
+        seen[module.layer_idx] = (args, {k: v for k, v in kwargs.items() if k in names})  # type: ignore[index]
+
+    handles = [m.register_forward_pre_hook(keep, with_kwargs=True) for m in modules.values()]
+    cache = DynamicCache(config=model.config)
+    try:
+        time_prefill(model, ids, cache)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def projection_layout(states: torch.Tensor) -> torch.Tensor:
+        return states.transpose(1, 2).contiguous().transpose(1, 2)
+
+    return [
+        LayerInputs(
+            modules[index], *seen[index], projection_layout(layer.keys), projection_layout(layer.values)
+        )
+        for index, layer in enumerate(cache.layers)
+    ]
+
+
+@torch.no_grad()
+def replay(model: Any, cache: Any, inputs: list[LayerInputs]) -> None:
+    """Run what ``cache`` does in a prefill, beyond the model's computation, on the captured ``inputs``.
+
+    For EvolKVCache that is the model's forward pre-hooks (on the decoder, which keeps the padding mask, and on
+    every attention module, which recomputes the window queries) and every ``update`` (which scores, selects and
+    stores the kept entries): the very functions a prefill runs. For DynamicCache, every ``update``.
+    """
+    if isinstance(cache, EvolKVCache):
+        decoder = decoder_module(model)
+        for hook in decoder._forward_pre_hooks.values():
+            hook(decoder, (), {"cache": cache, "attention_mask": None})
+    for index, layer in enumerate(inputs):
+        if isinstance(cache, EvolKVCache):
+            kwargs = {**layer.keyword_arguments, "cache": cache}
+            for hook in layer.module._forward_pre_hooks.values():
+                hook(layer.module, layer.arguments, kwargs)
+        cache.update(layer.keys, layer.values, index)
+
+
+def replay_cache_work(model: Any, kind: str, budget: int, inputs: list[LayerInputs]) -> float:
+    """Seconds of :func:`replay` for a new cache of ``kind``."""
+    cache = make_cache(kind, model, budget)
+    device = inputs[0].keys.device
+    synchronize(device)
+    start = time.perf_counter()
+    replay(model, cache, inputs)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_prefill_work(
+    model: Any, ids: torch.Tensor, budget: int, repeats: int
+) -> tuple[float, float, float, dict[str, list[float]]]:
+    """EvolKVCache's added prefill work over DynamicCache's: mean seconds, its 95% interval, and the runs.
+
+    The two replays alternate (D E, then E D); the mean is over the pairs' differences.
+    """
+    inputs = capture_layer_inputs(model, ids)
+    for kind in ("dynamic", "evolkv", "dynamic", "evolkv"):  # warm-up
+        replay_cache_work(model, kind, budget, inputs)
+    runs: dict[str, list[float]] = {"dynamic": [], "evolkv": []}
+    for repeat in range(repeats):
+        for kind in ("dynamic", "evolkv") if repeat % 2 == 0 else ("evolkv", "dynamic"):
+            runs[kind].append(replay_cache_work(model, kind, budget, inputs))
+    differences = [e - d for e, d in zip(runs["evolkv"], runs["dynamic"], strict=True)]
+    low, high = bootstrap_ci(differences, n_resamples=4000, seed=0)
+    return statistics.fmean(differences), low, high, runs
 
 
 def make_cache(kind: str, model: Any, budget: int) -> Any:
@@ -75,6 +178,12 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=128)
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="prefill: ABBA blocks per length (4 prefills each)"
+    )
+    parser.add_argument(
+        "--work-repeats",
+        type=positive_int,
+        default=20,
+        help="replays of each cache's own prefill work per length (prefill_work_ratio)",
     )
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -97,6 +206,7 @@ def main() -> None:
         "budget": args.budget,
         "dtype": str(dtype).removeprefix("torch."),
         "prefill_seconds": {},
+        "prefill_work_seconds": {},
         "kv_bytes": {},
     }
     for length in lengths:
@@ -132,6 +242,23 @@ def main() -> None:
             f"medians {medians['evolkv'] / medians['dynamic']:.3f})",
             flush=True,
         )
+        added, added_low, added_high, work_runs = measure_prefill_work(
+            model, ids, args.budget, args.work_repeats
+        )
+        base = medians["dynamic"]
+        results[f"prefill_work_ratio_{tag}"] = round(1 + added / base, 4)
+        results[f"prefill_work_ratio_{tag}_ci95"] = [
+            round(1 + added_low / base, 4),
+            round(1 + added_high / base, 4),
+        ]
+        results["prefill_work_seconds"][str(length)] = {"added_mean": added, "runs": work_runs}
+        print(
+            f"  EvolKVCache's own prefill work, replayed {args.work_repeats}x: +{added * 1000:.1f} ms "
+            f"[{added_low * 1000:.1f}, {added_high * 1000:.1f}] over DynamicCache's update, ratio "
+            f"{1 + added / base:.4f} of its prefill",
+            flush=True,
+        )
+        gc.collect()
 
     decode_length = max(lengths)
     ids = torch.randint(100, vocab, (1, decode_length), generator=generator)

@@ -133,3 +133,32 @@ def test_repeats_must_be_positive() -> None:
     assert positive_int("3") == 3
     with pytest.raises(ValueError, match="integer >= 1"):
         positive_int("0")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_cache_cost_replays_the_prefill_work_of_a_real_prefill(family: str) -> None:
+    """prefill_work_ratio times the cache's own work on captured inputs: replaying it must rebuild the cache."""
+    import cache_cost
+    from tiny_models import CACHE_KWARG, tiny_model
+
+    from evolkv_hf import EvolKVCache
+
+    model = tiny_model(family, num_layers=3)
+    ids = torch.randint(3, 96, (1, 80), generator=torch.Generator().manual_seed(0))
+    budgets = [20, 36, 52]
+    real = EvolKVCache(model, budgets)
+    with torch.no_grad():
+        model(input_ids=ids, **{CACHE_KWARG: real})
+    inputs = cache_cost.capture_layer_inputs(model, ids)
+    assert [layer.keys.is_contiguous() for layer in inputs] == [False] * 3  # the projections' layout
+    replayed = EvolKVCache(model, budgets)
+    cache_cost.replay(model, replayed, inputs)
+    for layer_real, layer_replayed in zip(real.layers, replayed.layers, strict=True):
+        assert torch.equal(layer_real.kept_positions(), layer_replayed.kept_positions())
+        torch.testing.assert_close(layer_real.keys, layer_replayed.keys, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer_real.values, layer_replayed.values, rtol=1e-5, atol=1e-6)
+    assert replayed.get_seq_length() == 80 and [lay.stored_length for lay in replayed.layers] == budgets
+
+    added, low, high, runs = cache_cost.measure_prefill_work(model, ids, 20, repeats=4)
+    assert len(runs["dynamic"]) == len(runs["evolkv"]) == 4
+    assert low <= added <= high
