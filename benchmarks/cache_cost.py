@@ -9,15 +9,17 @@ Measures, interleaving the two caches so that a noisy shared machine affects bot
   advantage of running first or second (measured: about 5% on a shared 2-core machine). The headline
   ratio is the geometric mean of the block ratios, with a 95% bootstrap interval over the blocks; the
   ratio of the medians of all runs is reported beside it;
-* the prefill work EvolKVCache adds, measured precisely: the inputs every attention layer received in one
-  prefill are captured, then the cache's own per-layer steps (the pre-hook that recomputes the window queries,
-  and ``update``: the contiguous copy, the scoring, the selection and the gather) are replayed on them, in
-  alternation with ``DynamicCache.update`` on the same keys and values. ``prefill_work_ratio_<n>k`` is
-  ``1 + (EvolKVCache's replay - DynamicCache's) / DynamicCache's prefill``. It leaves out the model's own
-  computation, which both caches run alike, and with it the machine noise that widens the end-to-end interval;
+* the prefill work EvolKVCache adds, without the model's computation: what every attention layer received in
+  one prefill (the arguments of its pre-hooks, the keys and values handed to the cache's ``update``) is
+  captured, then EvolKVCache's own steps (its decoder and attention pre-hooks, which keep the padding mask and
+  recompute the window queries, and every ``update``: the contiguous copy, the scoring, the selection and the
+  gather) are replayed on it, in alternation with ``DynamicCache.update`` on the same keys and values.
+  ``prefill_work_ratio_<n>k`` is ``1 + (EvolKVCache's replay - DynamicCache's) / DynamicCache's median
+  prefill``; its interval is over the replayed pairs of this run only (the level moves with the process's
+  memory state: see benchmarks/README.md);
 * decode time per token at 8k context with budget 128, over DynamicCache (rounds interleaved A B A B,
   each cache continuing its own sequence);
-* the K/V bytes each cache holds after the prefill.
+* the K/V bytes each cache holds after the prefill and after the decode.
 
 Writes ``benchmarks/results/cache_cost.json`` (``prefill_ratio_2k``, ``prefill_ratio_4k``,
 ``prefill_ratio_8k``, ``prefill_work_ratio_<n>k``, ``decode_ratio_8k_c128``, the raw timings, the machine and versions).
@@ -25,6 +27,7 @@ Writes ``benchmarks/results/cache_cost.json`` (``prefill_ratio_2k``, ``prefill_r
 Usage (with --repeats 8: about 33 minutes on 2 cores of an AVX2-only CPU in float32)::
 
     HF_HUB_OFFLINE=1 python benchmarks/cache_cost.py [--dtype auto] [--repeats 3] [--lengths 2048,4096,8192]
+    python benchmarks/cache_cost.py --pool RUN1.json RUN2.json   # the prefill ratios of several runs' blocks pooled
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import torch
 from transformers import DynamicCache
 
 from evolkv_hf import EvolKVCache
+from evolkv_hf.cache import hooks as evolkv_hooks
 from evolkv_hf.cache import kv_memory_bytes
 from evolkv_hf.cache.hooks import decoder_module, find_attention_modules
 from evolkv_hf.demo import load_demo_model, resolve_dtype
@@ -68,7 +72,7 @@ def block_ratio(ratios: list[float]) -> tuple[float, float, float]:
 
 @dataclass
 class LayerInputs:
-    """What one attention layer receives during a prefill: its pre-hook's arguments and its cache update."""
+    """What one attention layer received during a prefill: its pre-hooks' arguments and its cache update."""
 
     module: torch.nn.Module
     arguments: tuple[Any, ...]
@@ -77,12 +81,26 @@ class LayerInputs:
     values: torch.Tensor
 
 
+class _CapturingCache(DynamicCache):
+    """A DynamicCache that also keeps the very key and value tensors each layer's ``update`` receives."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config=config)
+        self.received: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.received[layer_idx] = (key_states, value_states)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
 @torch.no_grad()
 def capture_layer_inputs(model: Any, ids: torch.Tensor) -> list[LayerInputs]:
-    """Run one DynamicCache prefill and keep, per attention layer, its inputs and the keys/values it cached.
+    """Run one prefill and keep, per attention layer, its inputs and the keys/values its ``update`` received.
 
-    The keys and values are given back in the layout the projections produce (a transposed view of a
-    ``(batch, seq, heads, dim)`` buffer), which is what a cache's ``update`` receives during a real prefill.
+    The keys and values are kept as received (the projections' layout, a transposed view). At 8k tokens in
+    float32 the demo model's captured inputs hold about 0.9 GiB.
     """
     modules = find_attention_modules(model)
     seen: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
@@ -92,41 +110,36 @@ def capture_layer_inputs(model: Any, ids: torch.Tensor) -> list[LayerInputs]:
         seen[module.layer_idx] = (args, {k: v for k, v in kwargs.items() if k in names})  # type: ignore[index]
 
     handles = [m.register_forward_pre_hook(keep, with_kwargs=True) for m in modules.values()]
-    cache = DynamicCache(config=model.config)
+    cache = _CapturingCache(model.config)
     try:
         time_prefill(model, ids, cache)
     finally:
         for handle in handles:
             handle.remove()
-
-    def projection_layout(states: torch.Tensor) -> torch.Tensor:
-        return states.transpose(1, 2).contiguous().transpose(1, 2)
-
-    return [
-        LayerInputs(
-            modules[index], *seen[index], projection_layout(layer.keys), projection_layout(layer.values)
+    if sorted(seen) != sorted(cache.received) or sorted(seen) != list(range(len(seen))):
+        raise SystemExit(
+            f"cache_cost.py replays models whose every decoder layer has one attention module updating the cache; "
+            f"layers with attention inputs {sorted(seen)}, with cache updates {sorted(cache.received)}."
         )
-        for index, layer in enumerate(cache.layers)
-    ]
+    return [LayerInputs(modules[index], *seen[index], *cache.received[index]) for index in sorted(seen)]
 
 
 @torch.no_grad()
 def replay(model: Any, cache: Any, inputs: list[LayerInputs]) -> None:
     """Run what ``cache`` does in a prefill, beyond the model's computation, on the captured ``inputs``.
 
-    For EvolKVCache that is the model's forward pre-hooks (on the decoder, which keeps the padding mask, and on
-    every attention module, which recomputes the window queries) and every ``update`` (which scores, selects and
+    For EvolKVCache that is its forward pre-hooks (on the decoder, which keeps the padding mask, and on every
+    attention module, which recomputes the window queries) and every ``update`` (which scores, selects and
     stores the kept entries): the very functions a prefill runs. For DynamicCache, every ``update``.
     """
     if isinstance(cache, EvolKVCache):
-        decoder = decoder_module(model)
-        for hook in decoder._forward_pre_hooks.values():
-            hook(decoder, (), {"cache": cache, "attention_mask": None})
+        # The hooks EvolKVCache(model, ...) attached; called directly, so that no other hook is timed.
+        installed = model.__dict__[evolkv_hooks._HOOKS_ATTRIBUTE]
+        evolkv_hooks._decoder_pre_hook(decoder_module(model), (), {"cache": cache, "attention_mask": None})
     for index, layer in enumerate(inputs):
         if isinstance(cache, EvolKVCache):
             kwargs = {**layer.keyword_arguments, "cache": cache}
-            for hook in layer.module._forward_pre_hooks.values():
-                hook(layer.module, layer.arguments, kwargs)
+            evolkv_hooks._attention_pre_hook(installed.recipes[index], layer.module, layer.arguments, kwargs)
         cache.update(layer.keys, layer.values, index)
 
 
@@ -160,11 +173,25 @@ def measure_prefill_work(
     return statistics.fmean(differences), low, high, runs
 
 
+def work_ratio(added: float, low: float, high: float, prefill: float) -> tuple[float, float, float]:
+    """``1 + added / prefill`` and its interval's bounds, rounded to 4 places (the median prefill taken as exact)."""
+    return tuple(round(1 + seconds / prefill, 4) for seconds in (added, low, high))  # type: ignore[return-value]
+
+
 def make_cache(kind: str, model: Any, budget: int) -> Any:
     return DynamicCache(config=model.config) if kind == "dynamic" else EvolKVCache(model, budget)
 
 
-def main() -> None:
+def pooled_prefill_ratios(paths: list[Path]) -> dict[str, tuple[int, float, float, float]]:
+    """Per prompt length, the ABBA block ratios of several result files pooled: ``(blocks, ratio, low, high)``."""
+    blocks: dict[str, list[float]] = {}
+    for path in paths:
+        for length, measured in json.loads(path.read_text())["prefill_seconds"].items():
+            blocks.setdefault(length, []).extend(measured["block_ratios"])
+    return {length: (len(ratios), *block_ratio(ratios)) for length, ratios in blocks.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -187,7 +214,20 @@ def main() -> None:
     )
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: print the prefill ratios of these result files' ABBA blocks pooled",
+    )
+    args = parser.parse_args(argv)
+    if args.pool:
+        for length, (count, ratio, low, high) in pooled_prefill_ratios(args.pool).items():
+            print(
+                f"prefill {int(length):>5} tokens: ratio {ratio:.3f} [{low:.3f}, {high:.3f}] ({count} ABBA blocks pooled)"
+            )
+        return
 
     dtype = resolve_dtype(args.dtype)
     model, _ = load_demo_model(dtype=dtype)
@@ -245,17 +285,18 @@ def main() -> None:
         added, added_low, added_high, work_runs = measure_prefill_work(
             model, ids, args.budget, args.work_repeats
         )
-        base = medians["dynamic"]
-        results[f"prefill_work_ratio_{tag}"] = round(1 + added / base, 4)
-        results[f"prefill_work_ratio_{tag}_ci95"] = [
-            round(1 + added_low / base, 4),
-            round(1 + added_high / base, 4),
-        ]
-        results["prefill_work_seconds"][str(length)] = {"added_mean": added, "runs": work_runs}
+        work = work_ratio(added, added_low, added_high, medians["dynamic"])
+        results[f"prefill_work_ratio_{tag}"] = work[0]
+        results[f"prefill_work_ratio_{tag}_ci95"] = [work[1], work[2]]
+        results["prefill_work_seconds"][str(length)] = {
+            "added_mean": added,
+            "added_ci95": [added_low, added_high],
+            "runs": work_runs,
+        }
         print(
             f"  EvolKVCache's own prefill work, replayed {args.work_repeats}x: +{added * 1000:.1f} ms "
             f"[{added_low * 1000:.1f}, {added_high * 1000:.1f}] over DynamicCache's update, ratio "
-            f"{1 + added / base:.4f} of its prefill",
+            f"{work[0]:.4f} [{work[1]:.4f}, {work[2]:.4f}] of its prefill (interval within this run)",
             flush=True,
         )
         gc.collect()
@@ -281,9 +322,13 @@ def main() -> None:
         f"EvolKVCache(c={args.budget}) {decode_medians['evolkv'] * 1000:.1f} ms/token  ratio {decode_ratio:.3f}",
         flush=True,
     )
+    decoded = args.repeats * args.decode_steps
+    results["kv_bytes_after_decode"] = {"decoded_tokens": decoded}
     for kind, cache in caches.items():
+        held = kv_memory_bytes(cache)
+        results["kv_bytes_after_decode"][f"{kind}_{decode_length}"] = held
         print(
-            f"K/V held after {decode_length}-token prefill + decode, {kind}: {kv_memory_bytes(cache) / 2**20:.1f} MiB"
+            f"K/V held after a {decode_length}-token prefill and {decoded} decoded tokens, {kind}: {held / 2**20:.1f} MiB"
         )
 
     results["machine"] = machine()

@@ -23,22 +23,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import transformers
 
 from evolkv_hf.demo import load_demo_model, resolve_dtype
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import compute_metric, load_metric
 from evolkv_hf.search.engine import CacheOptions, PlainEngine, PrefillOnceEngine
 from evolkv_hf.tasks import load_task
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import machine
 
 RESULTS = Path(__file__).parent / "results" / "fast_fitness.json"
 
@@ -148,15 +148,7 @@ def main() -> None:
         )
         del fast
 
-    results["machine"] = {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "dtype": args.dtype,
-        "attn_implementation": args.attn,
-    }
+    results["machine"] = {**machine(), "dtype": args.dtype, "attn_implementation": args.attn}
     results["command"] = "python benchmarks/fast_fitness.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output" and v is not None
     )

@@ -188,6 +188,10 @@ class EvaluationReport:
     plot_path: str | None = None
     confidence: float = CONFIDENCE
     extra: dict[str, Any] = field(default_factory=dict)
+    n_bootstrap: int = 1000
+    """Bootstrap resamples of the rows' intervals (``0``: the rows have none); :meth:`compare` uses them too."""
+    seed: int = 0
+    """Seed of the rows' bootstrap intervals; :meth:`compare` uses it too."""
 
     @property
     def methods(self) -> list[str]:
@@ -230,8 +234,8 @@ class EvaluationReport:
         budget: int,
         baseline: str | None = None,
         *,
-        n_resamples: int = 1000,
-        seed: int = 0,
+        n_resamples: int | None = None,
+        seed: int | None = None,
     ) -> PairedDifference:
         """``method`` minus ``baseline`` at ``budget`` on the same samples, with a paired bootstrap interval.
 
@@ -248,7 +252,8 @@ class EvaluationReport:
         baseline:
             The method to subtract; default: the best heuristic at ``budget`` (:meth:`best_heuristic`).
         n_resamples, seed:
-            Bootstrap resamples and their seed.
+            Bootstrap resamples and their seed; default: those of the report's own intervals
+            (:attr:`n_bootstrap`, or 1,000 when the report was built with ``n_bootstrap=0``, and :attr:`seed`).
 
         Raises
         ------
@@ -280,7 +285,14 @@ class EvaluationReport:
             )
         differences = [a - b for a, b in zip(mine, theirs, strict=True)]
         mean = _mean(differences)
-        low, high = bootstrap_ci(differences, n_resamples=n_resamples, confidence=self.confidence, seed=seed)
+        if n_resamples is None:
+            n_resamples = self.n_bootstrap if self.n_bootstrap > 0 else 1000
+        low, high = bootstrap_ci(
+            differences,
+            n_resamples=n_resamples,
+            confidence=self.confidence,
+            seed=self.seed if seed is None else seed,
+        )
         return PairedDifference(
             method=row.method,
             baseline=base.method,
@@ -350,6 +362,8 @@ class EvaluationReport:
             "model_name": self.model_name,
             "metric_name": self.metric_name,
             "confidence": self.confidence,
+            "n_bootstrap": self.n_bootstrap,
+            "seed": self.seed,
             "output_dir": self.output_dir,
             "plot_path": self.plot_path,
             "rows": [asdict(row) for row in self.rows],
@@ -1023,6 +1037,8 @@ def evaluate_methods(
         # The score reported is metric_key's alone when the metric returns several.
         metric_name=metric_name if metric_key in (None, metric_name) else f"{metric_name}: {metric_key}",
         output_dir=str(out) if out is not None else None,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

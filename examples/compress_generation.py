@@ -6,7 +6,8 @@ prompt with the offline demo model (SmolLM2-135M-Instruct). A uniform budget of 
 keeps about 7% of the K/V memory; whether the answer survives depends on the budget, which is what
 EvolKV's learned per-layer budgets are for.
 
-Run it (after ``make demo``, offline, 11 s on 2 CPU cores; the first run on a machine adds about 20 s to
+Run it (after ``make demo``, offline, in float32: 11 s on 2 cores of an Intel Xeon with AMX, 22 s on 2 cores of
+an AVX2-only AMD EPYC; the first run on a machine adds about 20 s to
 convert the demo model)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python examples/compress_generation.py --budget 256

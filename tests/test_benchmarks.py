@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -136,12 +138,28 @@ def test_repeats_must_be_positive() -> None:
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
-def test_cache_cost_replays_the_prefill_work_of_a_real_prefill(family: str) -> None:
-    """prefill_work_ratio times the cache's own work on captured inputs: replaying it must rebuild the cache."""
+def test_cache_cost_replays_the_prefill_work_of_a_real_prefill(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prefill_work_ratio times the cache's own work on captured inputs: the replay must run that work once per
+    layer, and rebuild the cache a real prefill builds."""
     import cache_cost
     from tiny_models import CACHE_KWARG, tiny_model
 
     from evolkv_hf import EvolKVCache
+    from evolkv_hf.cache import hooks, layer
+
+    calls = {"window_queries": 0, "snapkv_scores": 0}
+
+    def counted(name: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(hooks, "window_queries", counted("window_queries", hooks.window_queries))
+    monkeypatch.setattr(layer, "snapkv_scores", counted("snapkv_scores", layer.snapkv_scores))
 
     model = tiny_model(family, num_layers=3)
     ids = torch.randint(3, 96, (1, 80), generator=torch.Generator().manual_seed(0))
@@ -149,16 +167,52 @@ def test_cache_cost_replays_the_prefill_work_of_a_real_prefill(family: str) -> N
     real = EvolKVCache(model, budgets)
     with torch.no_grad():
         model(input_ids=ids, **{CACHE_KWARG: real})
+    assert calls == {"window_queries": 3, "snapkv_scores": 3}
+
     inputs = cache_cost.capture_layer_inputs(model, ids)
-    assert [layer.keys.is_contiguous() for layer in inputs] == [False] * 3  # the projections' layout
+    assert calls == {"window_queries": 3, "snapkv_scores": 3}  # capturing runs a DynamicCache prefill
+    # As the projections hand them to update: a transposed view of a (batch, seq, heads, dim) buffer.
+    assert all(not layer.keys.is_contiguous() and layer.keys.stride(1) == 16 for layer in inputs)
+
     replayed = EvolKVCache(model, budgets)
     cache_cost.replay(model, replayed, inputs)
+    assert calls == {"window_queries": 6, "snapkv_scores": 6}  # once per layer, as in the real prefill
     for layer_real, layer_replayed in zip(real.layers, replayed.layers, strict=True):
         assert torch.equal(layer_real.kept_positions(), layer_replayed.kept_positions())
         torch.testing.assert_close(layer_real.keys, layer_replayed.keys, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(layer_real.values, layer_replayed.values, rtol=1e-5, atol=1e-6)
     assert replayed.get_seq_length() == 80 and [lay.stored_length for lay in replayed.layers] == budgets
 
+    cache_cost.replay(model, cache_cost.make_cache("dynamic", model, 20), inputs)
+    assert calls == {"window_queries": 6, "snapkv_scores": 6}  # DynamicCache: update only
+
     added, low, high, runs = cache_cost.measure_prefill_work(model, ids, 20, repeats=4)
     assert len(runs["dynamic"]) == len(runs["evolkv"]) == 4
+    assert added == pytest.approx(sum(runs["evolkv"]) / 4 - sum(runs["dynamic"]) / 4)
     assert low <= added <= high
+
+
+def test_cache_cost_work_ratio() -> None:
+    import cache_cost
+
+    # 0.1 s added (interval 0.09-0.12 s) to a 5 s prefill.
+    assert cache_cost.work_ratio(0.1, 0.09, 0.12, 5.0) == (1.02, 1.018, 1.024)
+
+
+def test_cache_cost_pools_the_blocks_of_several_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cache_cost
+
+    from evolkv_hf.metrics import bootstrap_ci
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"prefill_seconds": {"2048": {"block_ratios": [1.0, 1.1]}}}))
+    second.write_text(json.dumps({"prefill_seconds": {"2048": {"block_ratios": [0.9, 1.2, 1.0]}}}))
+    cache_cost.main(["--pool", str(first), str(second)])  # loads no model
+    blocks = [1.0, 1.1, 0.9, 1.2, 1.0]
+    logs = [math.log(r) for r in blocks]
+    low, high = bootstrap_ci(logs, n_resamples=4000, seed=0)
+    ratio = math.exp(sum(logs) / 5)
+    expected = f"ratio {ratio:.3f} [{math.exp(low):.3f}, {math.exp(high):.3f}] (5 ABBA blocks pooled)"
+    assert expected in capsys.readouterr().out

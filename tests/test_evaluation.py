@@ -126,7 +126,9 @@ def test_all_methods_two_budgets_then_skip(
     assert report.best_heuristic(16).method in ("uniform", "pyramid", "streaming")
     table = report.to_table()
     assert "my-alloc" in table and "| 16" in table and "[" in table
-    # The learned allocation against the best heuristic, sample by sample, at each budget.
+    # The learned allocation against the best heuristic, sample by sample, at each budget, with the bootstrap
+    # settings of the rows' own intervals.
+    assert (report.n_bootstrap, report.seed) == (SMALL["n_bootstrap"], 0)
     comparisons = report.comparisons()
     assert [(c.method, c.budget) for c in comparisons] == [("my-alloc", 16), ("my-alloc", 32)]
     for item in comparisons:
@@ -432,6 +434,19 @@ def test_compare_pairs_the_samples() -> None:
     differences = [a - b for a, b in zip(noisy, other, strict=True)]
     assert (item.ci_low, item.ci_high) == bootstrap_ci(differences, n_resamples=500, seed=3)
     assert item.difference == pytest.approx(sum(differences) / 50) and item.ci_low < 0 < item.ci_high
+    # Regression: compare() used 1,000 resamples and seed 0 whatever the report's own intervals used.
+    settings = EvaluationReport(
+        rows=pair.rows, task="t", model_name="m", metric_name="acc", n_bootstrap=500, seed=3
+    )
+    assert settings.compare("evolkv", 64) == item and settings.comparisons() == [item]
+    assert pair.compare("evolkv", 64) == pair.compare("evolkv", 64, n_resamples=1000, seed=0) != item
+    assert settings.to_dict()["n_bootstrap"] == 500 and settings.to_dict()["seed"] == 3
+    no_intervals = EvaluationReport(
+        rows=pair.rows, task="t", model_name="m", metric_name="acc", n_bootstrap=0
+    )
+    assert no_intervals.compare("evolkv", 64) == pair.compare(
+        "evolkv", 64
+    )  # 1,000 resamples when rows have none
     bare = EvaluationReport(
         rows=[EvaluationRow("uniform", 64, 40.0, 20.0, 60.0, 10, None), row("evolkv", [1.0] * 10)],
         task="t",
