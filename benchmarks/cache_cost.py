@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results["machine"] = machine()
     results["command"] = "python benchmarks/cache_cost.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output"
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("output", "pool")
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

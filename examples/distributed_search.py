@@ -24,7 +24,7 @@ from evolkv_hf.tasks import load_task
 
 def main() -> None:
     state = PartialState(cpu=not torch.cuda.is_available())
-    model, tokenizer = load_demo_model(dtype=fast_dtype())
+    model, tokenizer = load_demo_model(dtype=fast_dtype(state.device))
     model.to(state.device)
     samples = load_task("niah_single", tokenizer, context_length=1024, num_samples=6, seed=0)
     args = SearchArguments(
