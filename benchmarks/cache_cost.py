@@ -15,8 +15,8 @@ Measures, interleaving the two caches so that a noisy shared machine affects bot
   recompute the window queries, and every ``update``: the contiguous copy, the scoring, the selection and the
   gather) are replayed on it, in alternation with ``DynamicCache.update`` on the same keys and values.
   ``prefill_work_ratio_<n>k`` is ``1 + (EvolKVCache's replay - DynamicCache's) / DynamicCache's median
-  prefill``; its interval is over the replayed pairs of this run only (the level moves with the process's
-  memory state: see benchmarks/README.md);
+  prefill``; its interval is over the replayed pairs of this run only (the level moves between processes:
+  see benchmarks/README.md);
 * decode time per token at 8k context with budget 128, over DynamicCache (rounds interleaved A B A B,
   each cache continuing its own sequence);
 * the K/V bytes each cache holds after the prefill and after the decode.

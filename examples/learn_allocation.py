@@ -6,7 +6,7 @@ allocation against uniform and pyramid budgets on held-out samples, and the save
 
 How long it takes (2 CPU cores, defaults): about 2 minutes on an Intel Xeon with AMX in bfloat16. It uses the
 search settings of ``python -m evolkv_hf.demo``, whose whole run (model load, one prompt twice, this search and
-a held-out comparison) took 1 min 55 s to 2 min 24 s there, and 6 min 35 s to 7 min 53 s on an AVX2-only AMD
+a held-out comparison) took 1 min 55 s to 2 min 24 s there, and 6 min 27 s to 7 min 53 s on an AVX2-only AMD
 EPYC in float32.
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 .venv/bin/python examples/learn_allocation.py

@@ -147,7 +147,8 @@ def test_cache_cost_replays_the_prefill_work_of_a_real_prefill(
     from tiny_models import CACHE_KWARG, tiny_model
 
     from evolkv_hf import EvolKVCache
-    from evolkv_hf.cache import hooks, layer
+    from evolkv_hf.cache import hooks
+    from evolkv_hf.cache import layer as cache_layer
 
     calls = {"window_queries": 0, "snapkv_scores": 0}
 
@@ -159,7 +160,7 @@ def test_cache_cost_replays_the_prefill_work_of_a_real_prefill(
         return wrapper
 
     monkeypatch.setattr(hooks, "window_queries", counted("window_queries", hooks.window_queries))
-    monkeypatch.setattr(layer, "snapkv_scores", counted("snapkv_scores", layer.snapkv_scores))
+    monkeypatch.setattr(cache_layer, "snapkv_scores", counted("snapkv_scores", cache_layer.snapkv_scores))
 
     model = tiny_model(family, num_layers=3)
     ids = torch.randint(3, 96, (1, 80), generator=torch.Generator().manual_seed(0))
@@ -172,7 +173,7 @@ def test_cache_cost_replays_the_prefill_work_of_a_real_prefill(
     inputs = cache_cost.capture_layer_inputs(model, ids)
     assert calls == {"window_queries": 3, "snapkv_scores": 3}  # capturing runs a DynamicCache prefill
     # As the projections hand them to update: a transposed view of a (batch, seq, heads, dim) buffer.
-    assert all(not layer.keys.is_contiguous() and layer.keys.stride(1) == 16 for layer in inputs)
+    assert all(not entry.keys.is_contiguous() and entry.keys.stride(1) == 16 for entry in inputs)
 
     replayed = EvolKVCache(model, budgets)
     cache_cost.replay(model, replayed, inputs)
