@@ -7,7 +7,9 @@ For one task on the demo model (SmolLM2-135M-Instruct):
 2. for each seed, searches an allocation at ``--target-budget`` (EvolKV: group-wise CMA-ES, the task's
    partial-credit metric as f(S)) unless ``results/allocations/<name>/`` already holds it, and saves it
    there with its model card; a search stopped part-way continues from its latest checkpoint in
-   ``results/runs/<name>/`` when the command is run again;
+   ``results/runs/<name>/`` when the command is run again; with ``--sweeps N`` each seed's search is
+   followed by ``N - 1`` more sweeps over the layer groups, each started from the previous allocation
+   (``--sweep-generations``, ``--first-sweep-dtype``), and every sweep's allocation is evaluated;
 3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
    held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
    at each budget, with the task's default metric and a 95% bootstrap interval;
@@ -83,11 +85,34 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     sweep = getattr(args, "sweeps", 1) if sweep is None else sweep
     samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
     split = "__stratified" if args.depth_split == "stratified" else ""
-    sweeps = "" if sweep == 1 else f"x{sweep}"
+    dtype = "" if sweep_dtype(args, sweep) == "bfloat16" else f"__{sweep_dtype(args, sweep)}"
     return (
-        f"{args.task}__c{args.target_budget}__{args.constraint}__g{args.generations}{sweeps}{samples}{split}"
+        f"{args.task}__c{args.target_budget}__{args.constraint}__g{sweeps_label(args, sweep)}{samples}{split}{dtype}"
         f"__seed{seed}"
     )
+
+
+def sweeps_label(args: argparse.Namespace, sweep: int) -> str:
+    """Generations per group and sweeps in a name: ``15`` (one sweep), ``15x2`` (two of 15), ``15+8`` (15, then
+    8 per group: ``--sweep-generations``) or ``15+8x2`` (15, then two sweeps of 8)."""
+    later = sweep_generations(args)
+    if sweep == 1:
+        return f"{args.generations}"
+    if later == args.generations:
+        return f"{args.generations}x{sweep}"
+    return f"{args.generations}+{later}" + ("" if sweep == 2 else f"x{sweep - 1}")
+
+
+def sweep_generations(args: argparse.Namespace) -> int:
+    """CMA-ES generations per group of the sweeps after the first (default: ``--generations``)."""
+    return getattr(args, "sweep_generations", None) or args.generations
+
+
+def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
+    """The dtype sweep ``sweep`` searches in: ``--first-sweep-dtype`` for the first (default ``--dtype``), else
+    ``--dtype``. Names of searches in float32 end in ``__float32`` (every published search before was bfloat16)."""
+    first = getattr(args, "first_sweep_dtype", None)
+    return first if sweep == 1 and first else getattr(args, "dtype", "bfloat16")
 
 
 def split_samples(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
@@ -124,6 +149,19 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="sweeps over the layer groups: each sweep after the first is a new search of --generations per "
         "group started from the previous sweep's allocation (SearchArguments.initial_allocation)",
+    )
+    parser.add_argument(
+        "--sweep-generations",
+        type=positive_int,
+        default=None,
+        help="CMA-ES generations per group of the sweeps after the first (default: --generations)",
+    )
+    parser.add_argument(
+        "--first-sweep-dtype",
+        default=None,
+        choices=["bfloat16", "float32"],
+        help="the dtype of the first sweep when it is reused from allocations/ (default: --dtype): to continue "
+        "a published bfloat16 search with a second sweep in float32, on a CPU without native bfloat16",
     )
     parser.add_argument("--budgets", default="128,256,512")
     parser.add_argument("--chunk", type=int, default=50)
@@ -177,7 +215,7 @@ def search_sweep(
             "depth_split": args.depth_split,
             **held_out_size(args),
             **origin,
-            "dtype": args.dtype,
+            "dtype": sweep_dtype(args, sweep),
         }
         saved = {
             "search_num_samples": allocation.search_num_samples,
@@ -210,7 +248,7 @@ def search_sweep(
         target_budget=args.target_budget,
         group_size=args.group_size,
         population_size=args.population,
-        generations_per_group=args.generations,
+        generations_per_group=args.generations if sweep == 1 else sweep_generations(args),
         constraint=args.constraint,
         seed=seed,
         eval_batch_size=args.batch_size,
@@ -245,7 +283,7 @@ def search_sweep(
         extra={
             **result.allocation.extra,
             **origin,
-            "dtype": args.dtype,
+            "dtype": sweep_dtype(args, sweep),
             "search_seconds": round(seconds, 1),
             "context_length": args.context_length,
             "depth_split": args.depth_split,
@@ -294,10 +332,13 @@ def evaluate(
     tokenizer: Any,
     held_out: Any,
     methods: dict[str, dict[int, list[int]]],
-) -> dict[tuple[str, int], list[float]]:
-    """Per-sample scores of every method at every budget (full cache under budget 0)."""
+) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], list[float]]]:
+    """Per-sample scores of every method at every budget (full cache under budget 0): with the task's metric,
+    and with the partial-credit metric the search maximised (to compare with the search-set score)."""
     metric = TASKS[args.task].default_metric
+    partial_metric = TASKS[args.task].partial_credit_metric
     scores: dict[tuple[str, int], list[float]] = {}
+    partial: dict[tuple[str, int], list[float]] = {}
     samples = encode_samples(held_out, tokenizer)
     references = [list(a) for a in held_out["answers"]]
     layers = model.config.num_hidden_layers
@@ -316,11 +357,14 @@ def evaluate(
                         budgets = [longest] * layers
                     answers = engine.answers(budgets)
                     scores.setdefault((method, budget), []).extend(per_sample_scores(metric, answers, refs))
+                    partial.setdefault((method, budget), []).extend(
+                        per_sample_scores(partial_metric, answers, refs)
+                    )
             del engine
         print(
             f"  evaluated {min(start + args.chunk, len(samples))}/{len(samples)} held-out samples", flush=True
         )
-    return scores
+    return scores, partial
 
 
 def main() -> None:
@@ -347,8 +391,26 @@ def main() -> None:
             "search_score": allocation.metric_value,
             **({"search_resumed": True} if allocation.extra.get("search_resumed") else {}),
         }
+        if args.sweeps > 1:  # the sweeps may have run on different machines and dtypes: each one's time
+            search_info[name]["sweeps"] = [
+                {
+                    "search_seconds": sweep_allocation.extra.get("search_seconds"),
+                    "dtype": sweep_dtype(args, sweep),
+                    "search_score": sweep_allocation.metric_value,
+                }
+                for sweep in range(1, args.sweeps + 1)
+                for sweep_allocation in [
+                    BudgetAllocation.from_pretrained(ROOT / "allocations" / search_name(args, seed, sweep))
+                ]
+            ]
         for budget in budgets:
             methods.setdefault(name, {})[budget] = allocation.rescale(budget).budgets
+        # Each earlier sweep's allocation is scored beside the last one, so the table shows what the later
+        # sweeps added (in this run's dtype, on the same held-out samples).
+        for sweep in range(1, args.sweeps):
+            earlier = BudgetAllocation.from_pretrained(ROOT / "allocations" / search_name(args, seed, sweep))
+            for budget in budgets:
+                methods.setdefault(f"{name}_sweep{sweep}", {})[budget] = earlier.rescale(budget).budgets
 
     if args.search_only:
         for name, info in search_info.items():
@@ -358,7 +420,7 @@ def main() -> None:
         print("--search-only: no held-out evaluation; run again without it to evaluate and publish.")
         return
     start = time.perf_counter()
-    scores = evaluate(args, model, tokenizer, held_out, methods)
+    scores, partial = evaluate(args, model, tokenizer, held_out, methods)
     eval_seconds = time.perf_counter() - start
     metric = TASKS[args.task].default_metric
     rows = []
@@ -378,7 +440,8 @@ def main() -> None:
             }
         )
         print(f"{method:16} {budget or 'full':>5}: {rows[-1]['score']:6.1f} [{low:5.1f}, {high:5.1f}]")
-    comparisons = paired_comparisons(scores, budgets, list(search_info))
+    learned = [method for method in methods if method.startswith("evolkv_")]
+    comparisons = paired_comparisons(scores, budgets, learned)
     for item in comparisons:
         print(
             f"{item['method']} - {item['baseline']} at {item['budget']}: {item['difference']:+.1f} "
@@ -395,6 +458,15 @@ def main() -> None:
         # Per-sample scores, in held-out order, so that other comparisons can be computed later.
         "per_sample": {
             f"{method}@{budget or 'full'}": values for (method, budget), values in sorted(scores.items())
+        },
+        # The mean held-out score under the metric the search maximised (its search-set score is in
+        # "searches"): how much of the search-set gain carries to unseen samples.
+        "partial_credit": {
+            "metric": TASKS[args.task].partial_credit_metric,
+            "scores": {
+                f"{method}@{budget or 'full'}": round(sum(values) / len(values), 2)
+                for (method, budget), values in sorted(partial.items())
+            },
         },
         "searches": search_info,
         "settings": settings,
@@ -476,19 +548,19 @@ def paired_comparisons(
 
 def run_key(args: argparse.Namespace) -> str:
     """The run's key in ``summary.json``: task, context length, target, constraint, generations (and sweeps),
-    search-set size, split and held-out size (population, group size, seeds and dtype are in the run's
+    search-set size, split, held-out size and dtype (population, group size and seeds are in the run's
     settings).
 
-    The held-out size appears (``__e400``) only when it is not 200, and the sweeps (``__g15x2``) only when more
-    than one, so the published keys stay.
+    The held-out size appears (``__e400``) only when it is not 200, the sweeps (``__g15x2``, ``__g15+8``) only when
+    more than one and the dtype (``__float32``) only when it is not bfloat16, so the published keys stay.
     """
-    sweeps = getattr(args, "sweeps", 1)
     return (
-        f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}__g{args.generations}"
-        + ("" if sweeps == 1 else f"x{sweeps}")
+        f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}"
+        f"__g{sweeps_label(args, getattr(args, 'sweeps', 1))}"
         + f"__s{args.search_samples}"
         + ("__stratified" if args.depth_split == "stratified" else "")
         + ("" if args.eval_samples == 200 else f"__e{args.eval_samples}")
+        + ("" if getattr(args, "dtype", "bfloat16") == "bfloat16" else f"__{args.dtype}")
     )
 
 

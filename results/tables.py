@@ -62,11 +62,32 @@ def run_block(name: str, run: dict[str, Any]) -> str:
     for label, search in run.get("searches", {}).items():
         seconds = search.get("search_seconds")
         took = f"search took {seconds:.0f} s here" if isinstance(seconds, (int, float)) else "search reused"
+        if search.get("sweeps"):
+            took = (
+                f"its {len(search['sweeps'])} sweeps took {seconds:.0f} s in all (each below, with its dtype)"
+            )
         if search.get("search_resumed"):
             took += " (stopped and resumed from its checkpoint: the summed time of its scheme evaluations)"
         best = search.get("search_score")
         best_text = f"; best search-set score {best:.1f}" if isinstance(best, (int, float)) else ""
         lines.append(f"- `{label}`: {took}{best_text}; budgets {search.get('budgets')}")
+        for number, sweep in enumerate(search.get("sweeps", []), start=1):
+            lines.append(
+                f"  - sweep {number} ({sweep['dtype']}): {sweep['search_seconds']:.0f} s, search-set score "
+                f"{sweep['search_score']:.1f}"
+            )
+    partial = run.get("partial_credit")
+    if partial:
+        target = run["settings"]["target_budget"]
+        at_target = ", ".join(
+            f"{key.split('@')[0]} {value:.1f}"
+            for key, value in partial["scores"].items()
+            if key.endswith(f"@{target}")
+        )
+        lines.append(
+            f"- held-out `{partial['metric']}` (the search's partial credit, comparable with its search-set "
+            f"score) at {target}: {at_target}"
+        )
     lines.append(f"- held-out evaluation of all methods took {run['eval_seconds']:.0f} s")
     if run.get("evolkv_hf_commit"):
         lines.append(f"- measured at commit `{run['evolkv_hf_commit'][:10]}`")

@@ -153,3 +153,95 @@ def test_a_second_sweep_is_named_apart_and_starts_from_the_first(
     _, seconds = reproduce.search(settings, None, None, None, 1)
     assert calls == [(1, None), (2, "niah_single__c128__project__g15__stratified__seed1")]
     assert seconds == 300.0  # both sweeps' search time
+
+
+def test_a_later_sweep_in_another_dtype_or_length_is_named_apart(search_name: object) -> None:
+    import reproduce
+
+    settings = argparse.Namespace(
+        task="niah_single", context_length=2048, target_budget=128, constraint="project", generations=15,
+        search_samples=30, depth_split="stratified", eval_samples=200, sweeps=2, sweep_generations=8,
+        dtype="float32", first_sweep_dtype="bfloat16",
+    )  # fmt: skip
+    # The first sweep is the published bfloat16 search, reused under its own name.
+    assert reproduce.search_name(settings, 0, 1) == "niah_single__c128__project__g15__stratified__seed0"
+    assert reproduce.sweep_dtype(settings, 1) == "bfloat16"
+    assert reproduce.sweep_dtype(settings, 2) == "float32"
+    assert (
+        reproduce.search_name(settings, 0) == "niah_single__c128__project__g15+8__stratified__float32__seed0"
+    )
+    assert reproduce.run_key(settings) == "niah_single__2048__c128__project__g15+8__s30__stratified__float32"
+    settings.sweeps = 3
+    assert reproduce.search_name(settings, 1, 3).startswith("niah_single__c128__project__g15+8x2__")
+    # Without the new options the names are those of the plain sweeps (published runs keep their keys).
+    settings.sweep_generations, settings.first_sweep_dtype, settings.dtype = None, None, "bfloat16"
+    assert reproduce.search_name(settings, 1, 3) == "niah_single__c128__project__g15x3__stratified__seed1"
+    assert reproduce.run_key(settings) == "niah_single__2048__c128__project__g15x3__s30__stratified"
+    settings.first_sweep_dtype = "float32"
+    assert (
+        reproduce.search_name(settings, 1, 1) == "niah_single__c128__project__g15__stratified__float32__seed1"
+    )
+
+
+def test_the_evaluation_also_records_the_search_metric_held_out(
+    search_name: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import reproduce
+
+    class FakeEngine:
+        def __init__(self, model, tokenizer, chunk, options, batch_size):
+            self.count = len(chunk)
+
+        def answers(self, budgets):
+            # A larger budget retrieves the whole needle, a smaller one part of it.
+            return ["1234567" if budgets[0] >= 100 else "1234" for _ in range(self.count)]
+
+    monkeypatch.setattr(reproduce, "PrefillOnceEngine", FakeEngine)
+    monkeypatch.setattr(
+        reproduce,
+        "encode_samples",
+        lambda held_out, tokenizer: [types.SimpleNamespace(prompt_ids=[0] * 200)] * 3,
+    )
+    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=2))
+    args = argparse.Namespace(task="niah_single", chunk=2, batch_size=2)
+    methods = {"full": {0: []}, "uniform": {64: [64, 64], 128: [128, 128]}}
+    scores, partial = reproduce.evaluate(args, model, None, {"answers": [["1234567"]] * 3}, methods)
+    assert scores[("uniform", 64)] == [0.0] * 3 and scores[("uniform", 128)] == [100.0] * 3
+    assert scores[("full", 0)] == [100.0] * 3  # the full cache keeps the longest prompt in every layer
+    # edit similarity gives the partial answer partial credit where string_match_all gives none
+    assert all(0 < value < 100 for value in partial[("uniform", 64)])
+    assert partial[("uniform", 128)] == [100.0] * 3
+
+
+def test_a_run_block_shows_each_sweep_and_the_held_out_partial_credit(search_name: object) -> None:
+    import tables  # type: ignore[import-not-found]  # beside reproduce.py, on sys.path through the fixture
+
+    row = {"task": "niah_single", "context_length": 2048, "metric": "string_match_all", "n": 200}
+    run = {
+        "rows": [{**row, "method": "uniform", "budget": 128, "score": 1.0, "ci_low": 0.0, "ci_high": 2.5}],
+        "searches": {
+            "evolkv_seed0": {
+                "search_seconds": 3000.0,
+                "search_score": 51.6,
+                "budgets": [128] * 30,
+                "sweeps": [
+                    {"search_seconds": 2192.0, "dtype": "bfloat16", "search_score": 49.6},
+                    {"search_seconds": 808.0, "dtype": "float32", "search_score": 51.6},
+                ],
+            }
+        },
+        "partial_credit": {"metric": "edit_sim", "scores": {"uniform@128": 24.7, "uniform@256": 40.0}},
+        "settings": {"target_budget": 128},
+        "eval_seconds": 100.0,
+        "command": "python results/reproduce.py",
+    }
+    block = tables.run_block("key", run)
+    assert "its 2 sweeps took 3000 s in all" in block
+    assert "  - sweep 1 (bfloat16): 2192 s, search-set score 49.6" in block
+    assert "  - sweep 2 (float32): 808 s, search-set score 51.6" in block
+    assert (
+        "held-out `edit_sim` (the search's partial credit, comparable with its search-set score) at 128: uniform 24.7"
+        in block
+    )
