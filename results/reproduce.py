@@ -12,7 +12,8 @@ For one task on the demo model (SmolLM2-135M-Instruct):
    (``--sweep-generations``, ``--first-sweep-dtype``), and every sweep's allocation is evaluated;
 3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
    held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
-   at each budget, with the task's default metric and a 95% bootstrap interval;
+   at each budget, with the task's default metric and a 95% bootstrap interval (and, to compare with the
+   search-set score, the mean held-out score under the partial-credit metric the search maximised);
 4. merges the rows into ``results/summary.json`` and writes a score-vs-budget plot.
 
 The held-out evaluation uses the prefill-once engine (identical answers to ``generate`` with an
@@ -79,8 +80,11 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     """The directory name of one seed's search under ``allocations/`` and ``runs/``.
 
     The search-set size appears (``__s60``) only when it is not the paper's 30, so the published names stay;
-    so does the sweep (``__g15x2``: a second sweep over the groups, started from the first's allocation) only
-    after the first. ``sweep`` defaults to the run's last, ``--sweeps``.
+    so do the sweeps (``__g15x2``: a second sweep over the groups, started from the first's allocation;
+    ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, and the
+    sweep's dtype (``__float32``, before ``__seed<n>``) only when it is not bfloat16. The name of a later sweep
+    does not say which dtype the earlier ones ran in: their allocations' provenance does (a reused sweep whose
+    ``initial_allocation`` differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
     """
     sweep = getattr(args, "sweeps", 1) if sweep is None else sweep
     samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
@@ -110,7 +114,7 @@ def sweep_generations(args: argparse.Namespace) -> int:
 
 def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
     """The dtype sweep ``sweep`` searches in: ``--first-sweep-dtype`` for the first (default ``--dtype``), else
-    ``--dtype``. Names of searches in float32 end in ``__float32`` (every published search before was bfloat16)."""
+    ``--dtype``. Names of searches in float32 carry ``__float32`` (every published search before was bfloat16)."""
     first = getattr(args, "first_sweep_dtype", None)
     return first if sweep == 1 and first else getattr(args, "dtype", "bfloat16")
 
@@ -135,7 +139,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -147,21 +151,23 @@ def parse_args() -> argparse.Namespace:
         "--sweeps",
         type=positive_int,
         default=1,
-        help="sweeps over the layer groups: each sweep after the first is a new search of --generations per "
-        "group started from the previous sweep's allocation (SearchArguments.initial_allocation)",
+        help="sweeps over the layer groups: each sweep after the first is a new search of --sweep-generations "
+        "(default --generations) per group started from the previous sweep's allocation "
+        "(SearchArguments.initial_allocation); every sweep's allocation is evaluated",
     )
     parser.add_argument(
         "--sweep-generations",
         type=positive_int,
         default=None,
-        help="CMA-ES generations per group of the sweeps after the first (default: --generations)",
+        help="CMA-ES generations per group of the sweeps after the first (default: --generations); needs "
+        "--sweeps 2 or more",
     )
     parser.add_argument(
         "--first-sweep-dtype",
         default=None,
         choices=["bfloat16", "float32"],
-        help="the dtype of the first sweep when it is reused from allocations/ (default: --dtype): to continue "
-        "a published bfloat16 search with a second sweep in float32, on a CPU without native bfloat16",
+        help="the dtype of the first sweep, which must then already be in allocations/ (default: --dtype): to "
+        "continue a published bfloat16 search with a second sweep in float32, on a CPU without native bfloat16",
     )
     parser.add_argument("--budgets", default="128,256,512")
     parser.add_argument("--chunk", type=int, default=50)
@@ -174,7 +180,10 @@ def parse_args() -> argparse.Namespace:
         "without it reuses the saved allocations. To search the seeds in parallel, one process per seed "
         "(--seeds 0, --seeds 1) with OMP_NUM_THREADS=1",
     )
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.sweep_generations is not None and args.sweeps == 1:
+        parser.error("--sweep-generations sets the sweeps after the first: give --sweeps 2 or more")
+    return args
 
 
 def search(
@@ -238,6 +247,12 @@ def search_sweep(
                 "again with these settings."
             )
         return allocation, float(allocation.extra.get("search_seconds", float("nan")))
+    if sweep_dtype(args, sweep) != args.dtype:
+        raise SystemExit(
+            f"{directory} holds no allocation: sweep {sweep} would be searched in {sweep_dtype(args, sweep)} "
+            f"(--first-sweep-dtype) with a model loaded in {args.dtype} (--dtype). Search it first with "
+            f"--dtype {sweep_dtype(args, sweep)}, or leave out --first-sweep-dtype."
+        )
     output_dir = ROOT / "runs" / name
     # A search stopped part-way (killed, out of time) continues from its latest checkpoint: its progress is
     # never thrown away. The searcher refuses the resume if the checkpoint was written with other search
@@ -297,8 +312,9 @@ def search_sweep(
 
 def published_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments that define a published run (its ``settings`` and ``command``): all but ``--search-only``,
-    which only decides whether this invocation stops before the evaluation."""
-    return {name: value for name, value in vars(args).items() if name != "search_only"}
+    which only decides whether this invocation stops before the evaluation, and options left unset (``None``:
+    ``--sweep-generations None`` would not parse)."""
+    return {name: value for name, value in vars(args).items() if name != "search_only" and value is not None}
 
 
 def held_out_size(args: argparse.Namespace) -> dict[str, int]:
@@ -395,8 +411,9 @@ def main() -> None:
             search_info[name]["sweeps"] = [
                 {
                     "search_seconds": sweep_allocation.extra.get("search_seconds"),
-                    "dtype": sweep_dtype(args, sweep),
+                    "dtype": sweep_allocation.extra.get("dtype", "bfloat16"),
                     "search_score": sweep_allocation.metric_value,
+                    **({"search_resumed": True} if sweep_allocation.extra.get("search_resumed") else {}),
                 }
                 for sweep in range(1, args.sweeps + 1)
                 for sweep_allocation in [

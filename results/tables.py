@@ -62,19 +62,26 @@ def run_block(name: str, run: dict[str, Any]) -> str:
     for label, search in run.get("searches", {}).items():
         seconds = search.get("search_seconds")
         took = f"search took {seconds:.0f} s here" if isinstance(seconds, (int, float)) else "search reused"
-        if search.get("sweeps"):
-            took = (
-                f"its {len(search['sweeps'])} sweeps took {seconds:.0f} s in all (each below, with its dtype)"
+        sweeps = search.get("sweeps", [])
+        if sweeps:
+            took = f"its {len(sweeps)} sweeps" + (
+                f" took {seconds:.0f} s in all" if isinstance(seconds, (int, float)) else ""
             )
-        if search.get("search_resumed"):
+            took += " (each below, with its dtype)"
+        elif search.get("search_resumed"):
             took += " (stopped and resumed from its checkpoint: the summed time of its scheme evaluations)"
         best = search.get("search_score")
         best_text = f"; best search-set score {best:.1f}" if isinstance(best, (int, float)) else ""
         lines.append(f"- `{label}`: {took}{best_text}; budgets {search.get('budgets')}")
-        for number, sweep in enumerate(search.get("sweeps", []), start=1):
+        for number, sweep in enumerate(sweeps, start=1):
+            sweep_seconds = sweep.get("search_seconds")
+            sweep_took = (
+                f"{sweep_seconds:.0f} s" if isinstance(sweep_seconds, (int, float)) else "time not recorded"
+            )
+            if sweep.get("search_resumed"):
+                sweep_took += " (resumed: the summed time of its scheme evaluations)"
             lines.append(
-                f"  - sweep {number} ({sweep['dtype']}): {sweep['search_seconds']:.0f} s, search-set score "
-                f"{sweep['search_score']:.1f}"
+                f"  - sweep {number} ({sweep['dtype']}): {sweep_took}, search-set score {sweep['search_score']:.1f}"
             )
     partial = run.get("partial_credit")
     if partial:

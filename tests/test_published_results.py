@@ -245,3 +245,40 @@ def test_a_run_block_shows_each_sweep_and_the_held_out_partial_credit(search_nam
         "held-out `edit_sim` (the search's partial credit, comparable with its search-set score) at 128: uniform 24.7"
         in block
     )
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_a_published_command_parses_back_to_its_settings(run: str, search_name: object) -> None:
+    import shlex
+
+    import reproduce
+
+    # Regression: options left unset were published as "--sweep-generations None", which does not parse.
+    record = SUMMARY["runs"][run]
+    words = shlex.split(record["command"])
+    assert words[:2] == ["python", "results/reproduce.py"]
+    parsed = reproduce.published_settings(reproduce.parse_args(words[2:]))
+    assert {key: parsed.get(key) for key in record["settings"]} == record["settings"]
+    assert reproduce.run_key(argparse.Namespace(**parsed)) == run
+
+
+def test_unset_options_are_left_out_of_the_published_settings(search_name: object) -> None:
+    import reproduce
+
+    settings = reproduce.published_settings(reproduce.parse_args(["--search-only"]))
+    assert "sweep_generations" not in settings and "first_sweep_dtype" not in settings
+    assert "search_only" not in settings
+    with pytest.raises(SystemExit):  # --sweep-generations needs a later sweep
+        reproduce.parse_args(["--sweep-generations", "8"])
+
+
+def test_a_first_sweep_in_another_dtype_must_already_be_published(search_name: object) -> None:
+    import reproduce
+
+    # Regression: the first sweep would have been searched in --dtype and saved as --first-sweep-dtype's.
+    args = reproduce.parse_args(
+        ["--target-budget", "77", "--sweeps", "2", "--first-sweep-dtype", "bfloat16", "--dtype", "float32"]
+    )
+    with pytest.raises(SystemExit, match="holds no allocation: sweep 1 would be searched in bfloat16"):
+        reproduce.search_sweep(args, None, None, None, 0, 1, None)
+    assert not (reproduce.ROOT / "runs" / reproduce.search_name(args, 0, 1)).exists()
