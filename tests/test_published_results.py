@@ -282,3 +282,29 @@ def test_a_first_sweep_in_another_dtype_must_already_be_published(search_name: o
     with pytest.raises(SystemExit, match="holds no allocation: sweep 1 would be searched in bfloat16"):
         reproduce.search_sweep(args, None, None, None, 0, 1, None)
     assert not (reproduce.ROOT / "runs" / reproduce.search_name(args, 0, 1)).exists()
+
+
+def test_fitness_proxy_rescores_the_best_distinct_schemes_at_the_target(
+    tmp_path: Path, search_name: object
+) -> None:
+    import fitness_proxy  # type: ignore[import-not-found]  # beside reproduce.py
+
+    rows = [
+        {"event": "baseline", "budgets": [128, 128], "score": 40.0, "mean_budget": 128.0, "error": None},
+        {"event": "candidate", "budgets": [100, 156], "score": 50.0, "mean_budget": 128.0, "error": None},
+        {"event": "candidate", "budgets": [100, 156], "score": 50.0, "mean_budget": 128.0, "error": None},
+        {"event": "candidate", "budgets": [90, 200], "score": 60.0, "mean_budget": 145.0, "error": None},
+        {"event": "candidate", "budgets": [60, 196], "score": 70.0, "mean_budget": 128.0, "error": "boom"},
+        {"event": "generation", "best_score": 50.0},
+    ]
+    log = tmp_path / "search_log.jsonl"
+    log.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    picked = fitness_proxy.top_schemes(log, 5, 128)
+    # best first, duplicates once, the starting point kept, off-target and failed candidates left out
+    assert [row["budgets"] for row in picked] == [[100, 156], [128, 128]]
+    # the starting point is kept when it is not among the best
+    assert [row["event"] for row in fitness_proxy.top_schemes(log, 1, 128)] == ["candidate", "baseline"]
+    with pytest.raises(SystemExit, match="does not exist"):
+        fitness_proxy.top_schemes(tmp_path / "missing.jsonl", 5, 128)
+    assert fitness_proxy.correlation([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == pytest.approx(1.0)
+    assert fitness_proxy.correlation([1.0, 2.0], [0.0, 0.0]) is None  # exact match flat at zero
