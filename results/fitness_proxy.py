@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from reproduce import (  # results/reproduce.py, beside this script
     add_protocol_arguments,
+    best_distinct,
     positive_int,
     run_key,
     search_name,
@@ -70,16 +71,8 @@ def top_schemes(log: Path, top: int, target: int) -> list[dict[str, Any]]:
         and r.get("error") is None
         and abs(r["mean_budget"] - target) < 0.5
     ]
-    schemes.sort(key=lambda r: -r["score"])
-    picked: list[dict[str, Any]] = []
-    seen: set[tuple[int, ...]] = set()
-    for row in schemes:
-        key = tuple(row["budgets"])
-        if key not in seen:
-            seen.add(key)
-            picked.append(row)
-        if len(picked) == top:
-            break
+    picked = best_distinct(schemes, top, "score")
+    seen = {tuple(row["budgets"]) for row in picked}
     start = [r for r in schemes if r["event"] == "baseline"]
     if start and tuple(start[0]["budgets"]) not in seen:
         picked.append(start[0])

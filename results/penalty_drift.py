@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from reproduce import (  # results/reproduce.py, beside this script
     add_protocol_arguments,
+    best_distinct,
     search_name,
     split_samples,
 )
@@ -56,17 +57,7 @@ def top_candidates(log: Path, top: int) -> list[dict[str, Any]]:
         raise SystemExit(f"{log} does not exist: run results/reproduce.py with the same settings first.")
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     candidates = [r for r in rows if r.get("event") == "candidate" and r.get("error") is None]
-    candidates.sort(key=lambda r: -r["fitness"])
-    picked: list[dict[str, Any]] = []
-    seen: set[tuple[int, ...]] = set()
-    for row in candidates:
-        key = tuple(row["budgets"])
-        if key not in seen:
-            seen.add(key)
-            picked.append(row)
-        if len(picked) == top:
-            break
-    return picked
+    return best_distinct(candidates, top, "fitness")
 
 
 def main() -> None:

@@ -119,6 +119,22 @@ def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
     return first if sweep == 1 and first else getattr(args, "dtype", "bfloat16")
 
 
+def best_distinct(rows: list[dict[str, Any]], top: int, key: str) -> list[dict[str, Any]]:
+    """The ``top`` rows of a search log with distinct ``budgets``, highest ``key`` first (shared with
+    ``penalty_drift.py`` and ``fitness_proxy.py``)."""
+    ordered = sorted(rows, key=lambda row: -row[key])
+    picked: list[dict[str, Any]] = []
+    seen: set[tuple[int, ...]] = set()
+    for row in ordered:
+        budgets = tuple(row["budgets"])
+        if budgets not in seen:
+            seen.add(budgets)
+            picked.append(row)
+        if len(picked) == top:
+            break
+    return picked
+
+
 def split_samples(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
     """The search set (the first ``--search-samples``) and the held-out set (the next ``--eval-samples``)."""
     if args.depth_split == "stratified":

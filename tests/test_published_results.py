@@ -308,3 +308,19 @@ def test_fitness_proxy_rescores_the_best_distinct_schemes_at_the_target(
         fitness_proxy.top_schemes(tmp_path / "missing.jsonl", 5, 128)
     assert fitness_proxy.correlation([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == pytest.approx(1.0)
     assert fitness_proxy.correlation([1.0, 2.0], [0.0, 0.0]) is None  # exact match flat at zero
+
+
+def test_penalty_drift_takes_the_best_distinct_candidates(tmp_path: Path, search_name: object) -> None:
+    import penalty_drift  # type: ignore[import-not-found]  # beside reproduce.py
+
+    rows = [
+        {"event": "baseline", "budgets": [128, 128], "fitness": 90.0, "error": None},
+        {"event": "candidate", "budgets": [100, 156], "fitness": 50.0, "error": None},
+        {"event": "candidate", "budgets": [100, 156], "fitness": 50.0, "error": None},
+        {"event": "candidate", "budgets": [90, 200], "fitness": 60.0, "error": None},
+        {"event": "candidate", "budgets": [60, 196], "fitness": 70.0, "error": "boom"},
+    ]
+    log = tmp_path / "search_log.jsonl"
+    log.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    picked = penalty_drift.top_candidates(log, 5)
+    assert [row["budgets"] for row in picked] == [[90, 200], [100, 156]]
