@@ -25,8 +25,11 @@ from typing import Any
 import torch
 from reproduce import (  # results/reproduce.py, beside this script
     add_protocol_arguments,
+    add_sweep_arguments,
     best_distinct,
+    check_sweep_arguments,
     positive_int,
+    read_search_log,
     run_key,
     search_name,
     split_samples,
@@ -47,26 +50,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_protocol_arguments(parser)  # as given to reproduce.py: the same searches and samples
     parser.add_argument("--constraint", default="project", choices=["penalty", "project"])
-    parser.add_argument("--sweeps", type=positive_int, default=1, help="read the log of this sweep")
-    parser.add_argument("--sweep-generations", type=positive_int, default=None)
-    parser.add_argument("--first-sweep-dtype", default=None, choices=["bfloat16", "float32"])
+    add_sweep_arguments(parser)  # the log read is that of the last sweep, --sweeps
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument(
         "--top", type=positive_int, default=20, help="distinct best schemes to rescore per seed"
     )
     parser.add_argument("--batch-size", type=positive_int, default=30)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_sweep_arguments(parser, args)
+    return args
 
 
 def top_schemes(log: Path, top: int, target: int) -> list[dict[str, Any]]:
     """The ``top`` distinct schemes of a search log at mean budget ``target``, best score first, and the
     search's starting point (its ``baseline``) last when it is not among them."""
-    if not log.is_file():
-        raise SystemExit(f"{log} does not exist: run results/reproduce.py with the same settings first.")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     schemes = [
         r
-        for r in rows
+        for r in read_search_log(log)
         if r.get("event") in ("baseline", "candidate")
         and r.get("error") is None
         and abs(r["mean_budget"] - target) < 0.5
@@ -95,9 +95,6 @@ def main() -> None:
     engine = PrefillOnceEngine(
         model, tokenizer, encode_samples(data, tokenizer), CacheOptions(), batch_size=args.batch_size
     )
-
-    def score(budgets: list[int], metric: str) -> float:
-        return statistics.mean(per_sample_scores(metric, engine.answers(budgets), references))
 
     result: dict[str, Any] = {
         "partial_credit_metric": spec.partial_credit_metric,

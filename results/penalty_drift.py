@@ -25,6 +25,7 @@ import torch
 from reproduce import (  # results/reproduce.py, beside this script
     add_protocol_arguments,
     best_distinct,
+    read_search_log,
     search_name,
     split_samples,
 )
@@ -53,10 +54,7 @@ def parse_args() -> argparse.Namespace:
 
 def top_candidates(log: Path, top: int) -> list[dict[str, Any]]:
     """The ``top`` distinct candidates of a search log, best fitness first."""
-    if not log.is_file():
-        raise SystemExit(f"{log} does not exist: run results/reproduce.py with the same settings first.")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    candidates = [r for r in rows if r.get("event") == "candidate" and r.get("error") is None]
+    candidates = [r for r in read_search_log(log) if r.get("event") == "candidate" and r.get("error") is None]
     return best_distinct(candidates, top, "fitness")
 
 

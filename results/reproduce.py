@@ -119,6 +119,14 @@ def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
     return first if sweep == 1 and first else getattr(args, "dtype", "bfloat16")
 
 
+def read_search_log(log: Path) -> list[dict[str, Any]]:
+    """The records of a search log (``results/runs/<name>/search_log.jsonl``); a missing log is an error that
+    says how to make it (shared with ``penalty_drift.py`` and ``fitness_proxy.py``)."""
+    if not log.is_file():
+        raise SystemExit(f"{log} does not exist: run results/reproduce.py with the same settings first.")
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
 def best_distinct(rows: list[dict[str, Any]], top: int, key: str) -> list[dict[str, Any]]:
     """The ``top`` rows of a search log with distinct ``budgets``, highest ``key`` first (shared with
     ``penalty_drift.py`` and ``fitness_proxy.py``)."""
@@ -163,13 +171,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--population", type=int, default=10)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--constraint", default="penalty", choices=["penalty", "project"])
+    add_sweep_arguments(parser)
+    parser.add_argument("--budgets", default="128,256,512")
+    parser.add_argument("--chunk", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="search (or finish) each seed's allocation, then stop before the held-out evaluation; a later run "
+        "without it reuses the saved allocations. To search the seeds in parallel, one process per seed "
+        "(--seeds 0, --seeds 1) with OMP_NUM_THREADS=1",
+    )
+    args = parser.parse_args(argv)
+    check_sweep_arguments(parser, args)
+    return args
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sweeps``, ``--sweep-generations`` and ``--first-sweep-dtype``, which name a run's later sweeps (shared
+    with ``fitness_proxy.py``); check them with :func:`check_sweep_arguments` after parsing."""
     parser.add_argument(
         "--sweeps",
         type=positive_int,
         default=1,
         help="sweeps over the layer groups: each sweep after the first is a new search of --sweep-generations "
         "(default --generations) per group started from the previous sweep's allocation "
-        "(SearchArguments.initial_allocation); every sweep's allocation is evaluated",
+        "(SearchArguments.initial_allocation); reproduce.py evaluates every sweep's allocation",
     )
     parser.add_argument(
         "--sweep-generations",
@@ -185,21 +213,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the dtype of the first sweep, which must then already be in allocations/ (default: --dtype): to "
         "continue a published bfloat16 search with a second sweep in float32, on a CPU without native bfloat16",
     )
-    parser.add_argument("--budgets", default="128,256,512")
-    parser.add_argument("--chunk", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument(
-        "--search-only",
-        action="store_true",
-        help="search (or finish) each seed's allocation, then stop before the held-out evaluation; a later run "
-        "without it reuses the saved allocations. To search the seeds in parallel, one process per seed "
-        "(--seeds 0, --seeds 1) with OMP_NUM_THREADS=1",
-    )
-    args = parser.parse_args(argv)
+
+
+def check_sweep_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse sweep options that would be ignored."""
     if args.sweep_generations is not None and args.sweeps == 1:
         parser.error("--sweep-generations sets the sweeps after the first: give --sweeps 2 or more")
-    return args
 
 
 def search(
@@ -423,27 +442,29 @@ def main() -> None:
             "search_score": allocation.metric_value,
             **({"search_resumed": True} if allocation.extra.get("search_resumed") else {}),
         }
-        if args.sweeps > 1:  # the sweeps may have run on different machines and dtypes: each one's time
-            search_info[name]["sweeps"] = [
-                {
-                    "search_seconds": sweep_allocation.extra.get("search_seconds"),
-                    "dtype": sweep_allocation.extra.get("dtype", "bfloat16"),
-                    "search_score": sweep_allocation.metric_value,
-                    **({"search_resumed": True} if sweep_allocation.extra.get("search_resumed") else {}),
-                }
-                for sweep in range(1, args.sweeps + 1)
-                for sweep_allocation in [
-                    BudgetAllocation.from_pretrained(ROOT / "allocations" / search_name(args, seed, sweep))
-                ]
-            ]
         for budget in budgets:
             methods.setdefault(name, {})[budget] = allocation.rescale(budget).budgets
-        # Each earlier sweep's allocation is scored beside the last one, so the table shows what the later
-        # sweeps added (in this run's dtype, on the same held-out samples).
-        for sweep in range(1, args.sweeps):
-            earlier = BudgetAllocation.from_pretrained(ROOT / "allocations" / search_name(args, seed, sweep))
-            for budget in budgets:
-                methods.setdefault(f"{name}_sweep{sweep}", {})[budget] = earlier.rescale(budget).budgets
+        if args.sweeps > 1:
+            # The earlier sweeps (the last one is ``allocation``), each saved by search_sweep.
+            earlier = [
+                BudgetAllocation.from_pretrained(ROOT / "allocations" / search_name(args, seed, sweep))
+                for sweep in range(1, args.sweeps)
+            ]
+            # The sweeps may have run on different machines and dtypes: each one's time.
+            search_info[name]["sweeps"] = [
+                {
+                    "search_seconds": swept.extra.get("search_seconds"),
+                    "dtype": swept.extra.get("dtype", "bfloat16"),
+                    "search_score": swept.metric_value,
+                    **({"search_resumed": True} if swept.extra.get("search_resumed") else {}),
+                }
+                for swept in [*earlier, allocation]
+            ]
+            # Each earlier sweep's allocation is scored beside the last one, so the table shows what the later
+            # sweeps added (in this run's dtype, on the same held-out samples).
+            for sweep, swept in enumerate(earlier, start=1):
+                for budget in budgets:
+                    methods.setdefault(f"{name}_sweep{sweep}", {})[budget] = swept.rescale(budget).budgets
 
     if args.search_only:
         for name, info in search_info.items():
