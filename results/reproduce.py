@@ -5,15 +5,16 @@ For one task on the demo model (SmolLM2-135M-Instruct):
 1. generates ``--search-samples + --eval-samples`` samples; the first ones are the search set, the rest
    the held-out set (disjoint by construction);
 2. for each seed, searches an allocation at ``--target-budget`` (EvolKV: group-wise CMA-ES, the task's
-   partial-credit metric as f(S)) unless ``results/allocations/<name>/`` already holds it, and saves it
+   partial-credit metric as f(S), or with ``--fitness exact+partial`` the task's metric plus 0.1 x the
+   partial-credit metric) unless ``results/allocations/<name>/`` already holds it, and saves it
    there with its model card; a search stopped part-way continues from its latest checkpoint in
    ``results/runs/<name>/`` when the command is run again; with ``--sweeps N`` each seed's search is
    followed by ``N - 1`` more sweeps over the layer groups, each started from the previous allocation
-   (``--sweep-generations``, ``--first-sweep-dtype``), and every sweep's allocation is evaluated;
+   (``--sweep-generations``, ``--first-sweep-dtype``, ``--first-sweep-fitness``), and every sweep's allocation is evaluated;
 3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
    held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
    at each budget, with the task's default metric and a 95% bootstrap interval (and, to compare with the
-   search-set score, the mean held-out score under the partial-credit metric the search maximised);
+   search-set score, the mean held-out score under the task's partial-credit metric);
 4. merges the rows into ``results/summary.json`` and writes a score-vs-budget plot.
 
 The held-out evaluation uses the prefill-once engine (identical answers to ``generate`` with an
@@ -52,6 +53,32 @@ from evolkv_hf.tasks import TASKS, load_task, load_task_splits
 
 ROOT = Path(__file__).parent
 HEURISTICS = ("uniform", "pyramid", "streaming")
+FITNESSES = ("partial", "exact+partial")
+PARTIAL_WEIGHT = 0.1
+"""The weight of the partial-credit term in ``--fitness exact+partial``: at 0.1 one more exact answer in 30 search
+samples adds 3.3 points, as much as a 33-point rise of the mean partial credit (the second edit-similarity sweep
+of the needle task raised it by 8), so the partial credit mostly orders schemes that answer the same samples
+exactly, and still gives a gradient where none does."""
+
+
+class ExactPlusPartial:
+    """The search metric of ``--fitness exact+partial``: per sample, the task's metric plus ``PARTIAL_WEIGHT`` x
+    its partial-credit metric, averaged (a callable ``BudgetSearcher`` metric named after both).
+
+    >>> ExactPlusPartial("niah_single")(["8056020", "8056"], [["8056020"], ["8056020"]])
+    {'string_match_all+0.1*edit_sim': 58.63636363636364}
+    """
+
+    def __init__(self, task: str) -> None:
+        self.exact = TASKS[task].default_metric
+        self.partial = TASKS[task].partial_credit_metric
+        self.name = f"{self.exact}+{PARTIAL_WEIGHT:g}*{self.partial}"
+
+    def __call__(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+        exact = per_sample_scores(self.exact, predictions, references)
+        partial = per_sample_scores(self.partial, predictions, references)
+        total = sum(e + PARTIAL_WEIGHT * p for e, p in zip(exact, partial, strict=True))
+        return {self.name: total / len(exact)}
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah_single") -> None:
@@ -74,6 +101,14 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah
         "holds only depths 0-0.13 and the held-out set the deeper ones; stratified: load_task_splits, both "
         "sets spread over depths 0-1 (vt has no depth: both give the same samples)",
     )
+    parser.add_argument(
+        "--fitness",
+        default="partial",
+        choices=FITNESSES,
+        help="the search metric f(S): partial (every published search before the exact+partial ones): the task's "
+        "partial-credit metric (niah_single: edit_sim); exact+partial: the task's metric plus "
+        f"{PARTIAL_WEIGHT:g} x its partial-credit metric, per sample (names carry __exactfit)",
+    )
 
 
 def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -> str:
@@ -81,18 +116,20 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
 
     The search-set size appears (``__s60``) only when it is not the paper's 30, so the published names stay;
     so do the sweeps (``__g15x2``: a second sweep over the groups, started from the first's allocation;
-    ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, and the
-    sweep's dtype (``__float32``, before ``__seed<n>``) only when it is not bfloat16. The name of a later sweep
+    ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, the sweep's
+    fitness (``__exactfit``) only when it is not ``partial`` and the sweep's dtype (``__float32``, before
+    ``__seed<n>``) only when it is not bfloat16. The name of a later sweep
     does not say which dtype the earlier ones ran in: their allocations' provenance does (a reused sweep whose
     ``initial_allocation`` differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
     """
     sweep = getattr(args, "sweeps", 1) if sweep is None else sweep
     samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
     split = "__stratified" if args.depth_split == "stratified" else ""
+    fitness = "" if sweep_fitness(args, sweep) == "partial" else "__exactfit"
     dtype = "" if sweep_dtype(args, sweep) == "bfloat16" else f"__{sweep_dtype(args, sweep)}"
     return (
-        f"{args.task}__c{args.target_budget}__{args.constraint}__g{sweeps_label(args, sweep)}{samples}{split}{dtype}"
-        f"__seed{seed}"
+        f"{args.task}__c{args.target_budget}__{args.constraint}__g{sweeps_label(args, sweep)}{samples}{split}"
+        f"{fitness}{dtype}__seed{seed}"
     )
 
 
@@ -117,6 +154,25 @@ def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
     ``--dtype``. Names of searches in float32 carry ``__float32`` (every published search before was bfloat16)."""
     first = getattr(args, "first_sweep_dtype", None)
     return first if sweep == 1 and first else getattr(args, "dtype", "bfloat16")
+
+
+def sweep_fitness(args: argparse.Namespace, sweep: int) -> str:
+    """The fitness sweep ``sweep`` maximises: ``--first-sweep-fitness`` for the first (default ``--fitness``),
+    else ``--fitness``. Names of searches with ``exact+partial`` carry ``__exactfit``."""
+    first = getattr(args, "first_sweep_fitness", None)
+    return first if sweep == 1 and first else getattr(args, "fitness", "partial")
+
+
+def search_metric(args: argparse.Namespace, sweep: int) -> Any:
+    """The metric sweep ``sweep`` maximises (a name, or an :class:`ExactPlusPartial`)."""
+    if sweep_fitness(args, sweep) == "exact+partial":
+        return ExactPlusPartial(args.task)
+    return TASKS[args.task].partial_credit_metric
+
+
+def metric_key(metric: Any) -> str:
+    """The name a search with ``metric`` records as its allocation's ``metric_name``."""
+    return metric if isinstance(metric, str) else metric.name
 
 
 def read_search_log(log: Path) -> list[dict[str, Any]]:
@@ -213,12 +269,30 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="the dtype of the first sweep, which must then already be in allocations/ (default: --dtype): to "
         "continue a published bfloat16 search with a second sweep in float32, on a CPU without native bfloat16",
     )
+    parser.add_argument(
+        "--first-sweep-fitness",
+        default=None,
+        choices=FITNESSES,
+        help="the fitness of the first sweep (default: --fitness): to continue a published search with later "
+        "sweeps of another fitness",
+    )
 
 
 def check_sweep_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse sweep options that would be ignored."""
+    """Refuse sweep options that would be ignored, and an ``exact+partial`` fitness that would add a metric to itself."""
     if args.sweep_generations is not None and args.sweeps == 1:
         parser.error("--sweep-generations sets the sweeps after the first: give --sweeps 2 or more")
+    if args.first_sweep_fitness is not None and args.sweeps == 1:
+        parser.error(
+            "--first-sweep-fitness differs from --fitness only with later sweeps: give --sweeps 2 or more"
+        )
+    task = TASKS.get(args.task)
+    exact = "exact+partial" in (args.fitness, args.first_sweep_fitness)
+    if exact and task is not None and task.default_metric == task.partial_credit_metric:
+        parser.error(
+            f"--fitness exact+partial: {args.task}'s metric {task.default_metric} is its partial-credit "
+            "metric too, so the sum would only double it; use --fitness partial"
+        )
 
 
 def search(
@@ -260,6 +334,7 @@ def search_sweep(
             **held_out_size(args),
             **origin,
             "dtype": sweep_dtype(args, sweep),
+            "metric": metric_key(search_metric(args, sweep)),
         }
         saved = {
             "search_num_samples": allocation.search_num_samples,
@@ -275,6 +350,7 @@ def search_sweep(
             ),
             # Every published search before the dtype was recorded ran in bfloat16.
             "dtype": allocation.extra.get("dtype", "bfloat16"),
+            "metric": allocation.metric_name,
         }
         if saved != wanted:
             raise SystemExit(
@@ -306,7 +382,7 @@ def search_sweep(
         overwrite_output_dir=not resume,
         initial_allocation=str(ROOT / "allocations" / initial) if initial is not None else None,
     )
-    metric = TASKS[args.task].partial_credit_metric
+    metric = search_metric(args, sweep)
     start = time.perf_counter()
     searcher = BudgetSearcher(model, search_args, train, processing_class=tokenizer, metric=metric)
     if resume:
@@ -385,7 +461,7 @@ def evaluate(
     methods: dict[str, dict[int, list[int]]],
 ) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], list[float]]]:
     """Per-sample scores of every method at every budget (full cache under budget 0): with the task's metric,
-    and with the partial-credit metric the search maximised (to compare with the search-set score)."""
+    and with its partial-credit metric (to compare with the search-set score of a ``--fitness partial`` search)."""
     metric = TASKS[args.task].default_metric
     partial_metric = TASKS[args.task].partial_credit_metric
     scores: dict[tuple[str, int], list[float]] = {}
@@ -440,6 +516,7 @@ def main() -> None:
             "budgets": allocation.budgets,
             "search_seconds": round(seconds, 1),
             "search_score": allocation.metric_value,
+            "search_metric": allocation.metric_name,
             **({"search_resumed": True} if allocation.extra.get("search_resumed") else {}),
         }
         for budget in budgets:
@@ -456,6 +533,7 @@ def main() -> None:
                     "search_seconds": swept.extra.get("search_seconds"),
                     "dtype": swept.extra.get("dtype", "bfloat16"),
                     "search_score": swept.metric_value,
+                    "search_metric": swept.metric_name,
                     **({"search_resumed": True} if swept.extra.get("search_resumed") else {}),
                 }
                 for swept in [*earlier, allocation]
@@ -606,13 +684,15 @@ def run_key(args: argparse.Namespace) -> str:
     settings).
 
     The held-out size appears (``__e400``) only when it is not 200, the sweeps (``__g15x2``, ``__g15+8``) only when
-    more than one and the dtype (``__float32``) only when it is not bfloat16, so the published keys stay.
+    more than one, the fitness of the last sweep (``__exactfit``) only when it is not ``partial`` and the dtype
+    (``__float32``) only when it is not bfloat16, so the published keys stay.
     """
     return (
         f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}"
         f"__g{sweeps_label(args, getattr(args, 'sweeps', 1))}"
         + f"__s{args.search_samples}"
         + ("__stratified" if args.depth_split == "stratified" else "")
+        + ("" if getattr(args, "fitness", "partial") == "partial" else "__exactfit")
         + ("" if args.eval_samples == 200 else f"__e{args.eval_samples}")
         + ("" if getattr(args, "dtype", "bfloat16") == "bfloat16" else f"__{args.dtype}")
     )

@@ -71,7 +71,9 @@ def run_block(name: str, run: dict[str, Any]) -> str:
         elif search.get("search_resumed"):
             took += " (stopped and resumed from its checkpoint: the summed time of its scheme evaluations)"
         best = search.get("search_score")
-        best_text = f"; best search-set score {best:.1f}" if isinstance(best, (int, float)) else ""
+        best_text = (
+            f"; best search-set {score_label(search)} {best:.1f}" if isinstance(best, (int, float)) else ""
+        )
         lines.append(f"- `{label}`: {took}{best_text}; budgets {search.get('budgets')}")
         for number, sweep in enumerate(sweeps, start=1):
             sweep_seconds = sweep.get("search_seconds")
@@ -81,7 +83,8 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             if sweep.get("search_resumed"):
                 sweep_took += " (resumed: the summed time of its scheme evaluations)"
             lines.append(
-                f"  - sweep {number} ({sweep['dtype']}): {sweep_took}, search-set score {sweep['search_score']:.1f}"
+                f"  - sweep {number} ({sweep['dtype']}): {sweep_took}, search-set {score_label(sweep)} "
+                f"{sweep['search_score']:.1f}"
             )
     partial = run.get("partial_credit")
     if partial:
@@ -91,15 +94,24 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             for key, value in partial["scores"].items()
             if key.endswith(f"@{target}")
         )
-        lines.append(
-            f"- held-out `{partial['metric']}` (the search's partial credit, comparable with its search-set "
-            f"score) at {target}: {at_target}"
-        )
+        if run["settings"].get("fitness", "partial") == "partial":
+            about = "the search's partial credit, comparable with its search-set score"
+        else:  # the last sweep maximised another metric
+            about = (
+                f"the task's partial credit, comparable with the search-set scores in `{partial['metric']}`"
+            )
+        lines.append(f"- held-out `{partial['metric']}` ({about}) at {target}: {at_target}")
     lines.append(f"- held-out evaluation of all methods took {run['eval_seconds']:.0f} s")
     if run.get("evolkv_hf_commit"):
         lines.append(f"- measured at commit `{run['evolkv_hf_commit'][:10]}`")
     lines.append(f"- command: `{run['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def score_label(search: dict[str, Any]) -> str:
+    """``score``, or ``score (metric)`` when a search or sweep records the metric it maximised."""
+    metric = search.get("search_metric")
+    return f"score (`{metric}`)" if metric else "score"
 
 
 def plot_scores(name: str, run: dict[str, Any], path: Path) -> Path | None:

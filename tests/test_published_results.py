@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -245,6 +246,15 @@ def test_a_run_block_shows_each_sweep_and_the_held_out_partial_credit(search_nam
         "held-out `edit_sim` (the search's partial credit, comparable with its search-set score) at 128: uniform 24.7"
         in block
     )
+    # A last sweep with another fitness: each score says its metric, and the held-out partial credit says so too.
+    run["settings"]["fitness"] = "exact+partial"
+    run["searches"]["evolkv_seed0"]["sweeps"][1]["search_metric"] = "string_match_all+0.1*edit_sim"
+    block = tables.run_block("key", run)
+    assert "sweep 2 (float32): 808 s, search-set score (`string_match_all+0.1*edit_sim`) 51.6" in block
+    assert (
+        "held-out `edit_sim` (the task's partial credit, comparable with the search-set scores in `edit_sim`)"
+        in block
+    )
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -282,6 +292,87 @@ def test_a_first_sweep_in_another_dtype_must_already_be_published(search_name: o
     with pytest.raises(SystemExit, match="holds no allocation: sweep 1 would be searched in bfloat16"):
         reproduce.search_sweep(args, None, None, None, 0, 1, None)
     assert not (reproduce.ROOT / "runs" / reproduce.search_name(args, 0, 1)).exists()
+
+
+def test_a_search_with_the_exact_fitness_is_named_apart(search_name: object) -> None:
+    import reproduce
+
+    args = reproduce.parse_args(
+        shlex.split(
+            "--generations 15 --sweeps 2 --sweep-generations 8 --first-sweep-dtype bfloat16 --first-sweep-fitness "
+            "partial --fitness exact+partial --dtype float32 --depth-split stratified --constraint project"
+        )
+    )
+    # The first sweep is the published edit-similarity search, reused under its own name.
+    assert reproduce.search_name(args, 0, 1) == "niah_single__c128__project__g15__stratified__seed0"
+    assert reproduce.search_metric(args, 1) == "edit_sim"
+    assert (
+        reproduce.search_name(args, 0, 2)
+        == "niah_single__c128__project__g15+8__stratified__exactfit__float32__seed0"
+    )
+    assert reproduce.metric_key(reproduce.search_metric(args, 2)) == "string_match_all+0.1*edit_sim"
+    assert (
+        reproduce.run_key(args)
+        == "niah_single__2048__c128__project__g15+8__s30__stratified__exactfit__float32"
+    )
+    # The default keeps every published name.
+    assert reproduce.run_key(reproduce.parse_args([])) == "niah_single__2048__c128__penalty__g15__s30"
+
+
+def test_the_exact_fitness_counts_an_exact_answer_above_any_partial_credit(search_name: object) -> None:
+    import reproduce
+
+    from evolkv_hf.metrics import per_sample_scores
+
+    metric = reproduce.ExactPlusPartial("niah_single")
+    references = [["8056020"], ["8056020"], ["8056020"]]
+    predictions = ["8056020", "8056021", "1"]
+    partial = per_sample_scores("edit_sim", predictions, references)
+    result = metric(predictions, references)
+    assert result == {metric.name: pytest.approx((100.0 + 0.1 * sum(partial)) / 3)}
+    # Each exact answer in 30 samples adds at least 3.3 points; partial credit alone is worth at most 10.
+    none_exact = metric(["0"] * 30, [["8056020"]] * 30)[metric.name]
+    one_exact = metric(["8056020"] + ["0"] * 29, [["8056020"]] * 30)[metric.name]
+    assert one_exact - none_exact >= 100.0 / 30
+    assert metric(["8056021"] * 30, [["8056020"]] * 30)[metric.name] < 10.0
+
+
+def test_exact_fitness_options_that_would_mislead_are_refused(search_name: object) -> None:
+    import reproduce
+
+    with pytest.raises(SystemExit):  # --first-sweep-fitness needs a later sweep
+        reproduce.parse_args(["--first-sweep-fitness", "partial", "--fitness", "exact+partial"])
+    with pytest.raises(SystemExit):  # vt's metric is its partial credit: the sum would double it
+        reproduce.parse_args(["--task", "vt", "--fitness", "exact+partial"])
+    reproduce.parse_args(["--task", "vt"])
+
+
+def test_a_saved_search_of_another_metric_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_name: object
+) -> None:
+    import dataclasses
+
+    import reproduce
+
+    # Regression: the provenance check compared samples, sizes and dtype but not the metric searched.
+    args = reproduce.parse_args(shlex.split("--fitness exact+partial --dtype float32 --target-budget 77"))
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    directory = tmp_path / "allocations" / reproduce.search_name(args, 0, 1)
+    saved = dataclasses.replace(
+        BudgetAllocation.uniform(30, 77),
+        metric_name="edit_sim",
+        search_num_samples=30,
+        search_population_size=10,
+        search_group_size=8,
+        extra={"context_length": 2048, "depth_split": "ordered", "eval_samples": 200, "dtype": "float32"},
+    )
+    saved.save_pretrained(directory)
+    with pytest.raises(SystemExit, match="'metric': 'edit_sim'"):
+        reproduce.search_sweep(args, None, None, None, 0, 1, None)
+    saved = dataclasses.replace(saved, metric_name="string_match_all+0.1*edit_sim")
+    saved.save_pretrained(directory, overwrite=True)
+    allocation, _ = reproduce.search_sweep(args, None, None, None, 0, 1, None)
+    assert allocation.budgets == [77] * 30
 
 
 def test_fitness_proxy_rescores_the_best_distinct_schemes_at_the_target(
@@ -324,3 +415,23 @@ def test_penalty_drift_takes_the_best_distinct_candidates(tmp_path: Path, search
     log.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     picked = penalty_drift.top_candidates(log, 5)
     assert [row["budgets"] for row in picked] == [[90, 200], [100, 156]]
+
+
+def test_compare_runs_pairs_two_runs_only_on_the_same_samples(search_name: object) -> None:
+    import compare_runs  # type: ignore[import-not-found]  # beside reproduce.py
+
+    run = "niah_single__2048__c128__project__g15+8__s30__stratified__float32"
+    # Within one run it gives the run's own paired comparison of its two sweeps.
+    assert compare_runs.check_same_samples(SUMMARY, run, run)
+    item = compare_runs.compare(SUMMARY, (run, "evolkv_seed0"), (run, "evolkv_seed0_sweep1"), 128)
+    assert (item["difference"], item["ci_low"], item["ci_high"]) == (-6.0, -9.5, -3.0)
+    assert (item["first_only"], item["second_only"]) == (0, 12)
+    # The bfloat16 run scored the same samples in another dtype: its heuristics differ, so it is refused.
+    with pytest.raises(SystemExit, match="scored differently in the two runs"):
+        compare_runs.check_same_samples(
+            SUMMARY, run, "niah_single__2048__c128__project__g15__s30__stratified"
+        )
+    with pytest.raises(SystemExit, match="depth_split"):
+        compare_runs.check_same_samples(SUMMARY, run, "niah_single__2048__c128__penalty__g15__s30")
+    with pytest.raises(argparse.ArgumentTypeError, match="RUN:METHOD"):
+        compare_runs.parse_method("evolkv_seed0")
