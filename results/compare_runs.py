@@ -47,7 +47,12 @@ def check_same_samples(summary: dict[str, Any], first: str, second: str) -> list
     for run in (first, second):
         if run not in runs:
             raise SystemExit(f"{run} is not a run of summary.json; runs: {sorted(runs)}")
-    settings = [runs[run]["settings"] for run in (first, second)]
+        if "per_sample" not in runs[run]:
+            raise SystemExit(
+                f"{run} was published before per-sample scores were recorded: it cannot be paired"
+            )
+    # Runs published before --depth-split existed used the ordered split.
+    settings = [{"depth_split": "ordered", **runs[run]["settings"]} for run in (first, second)]
     for key in SAME_SAMPLES:
         if settings[0].get(key) != settings[1].get(key):
             raise SystemExit(
@@ -72,7 +77,7 @@ def compare(
     summary: dict[str, Any], first: tuple[str, str], second: tuple[str, str], budget: int
 ) -> dict[str, Any]:
     """``first`` minus ``second`` (each ``(run, method)``) at ``budget``: the difference of the means with the
-    same paired bootstrap as the runs' own comparisons, and how many samples each got that the other did not."""
+    same paired bootstrap as the runs' own comparisons, and on how many samples each scored higher than the other."""
     values = []
     for run, method in (first, second):
         key = f"{method}@{budget}"

@@ -1,6 +1,7 @@
 """Does the search's partial-credit fitness track the task's own metric on the search samples?
 
-A search maximises a partial-credit metric (edit similarity of the answer for the needle tasks), while the
+A search maximises a partial-credit metric (edit similarity of the answer for the needle tasks; with
+``--fitness exact+partial`` the task's metric plus 0.1 x that, whose logged score is shown as found), while the
 goal is scored with the task's metric (``string_match_all``: the whole needle or nothing). This diagnostic
 reads the search log that ``results/reproduce.py`` wrote for each seed (``results/runs/<name>/``), takes the
 ``--top`` distinct schemes by score at the target budget and the search's starting point, and scores
@@ -28,9 +29,11 @@ from reproduce import (  # results/reproduce.py, beside this script
     add_sweep_arguments,
     best_distinct,
     check_sweep_arguments,
+    metric_key,
     positive_int,
     read_search_log,
     run_key,
+    search_metric,
     search_name,
     split_samples,
 )
@@ -96,14 +99,14 @@ def main() -> None:
         model, tokenizer, encode_samples(data, tokenizer), CacheOptions(), batch_size=args.batch_size
     )
 
+    logged = metric_key(search_metric(args, args.sweeps))  # what the rescored sweep maximised
     result: dict[str, Any] = {
+        "search_metric": logged,
         "partial_credit_metric": spec.partial_credit_metric,
         "metric": spec.default_metric,
         "seeds": {},
     }
-    print(
-        f"seed rank {spec.partial_credit_metric}(logged) {spec.partial_credit_metric} {spec.default_metric}"
-    )
+    print(f"seed rank {logged}(logged) {spec.partial_credit_metric} {spec.default_metric}")
     for seed in args.seeds.split(","):
         rows = []
         log = ROOT / "runs" / search_name(args, int(seed)) / "search_log.jsonl"

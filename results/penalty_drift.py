@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=10, help="distinct best candidates to rescore per seed")
     parser.add_argument("--batch-size", type=int, default=25)
     args = parser.parse_args()
+    if args.fitness != "partial":
+        parser.error("penalty_drift.py rescores the partial-credit searches only: leave out --fitness")
     args.constraint = "penalty"  # the drift this script measures is the penalty's
     return args
 

@@ -5,8 +5,8 @@ For one task on the demo model (SmolLM2-135M-Instruct):
 1. generates ``--search-samples + --eval-samples`` samples; the first ones are the search set, the rest
    the held-out set (disjoint by construction);
 2. for each seed, searches an allocation at ``--target-budget`` (EvolKV: group-wise CMA-ES, the task's
-   partial-credit metric as f(S), or with ``--fitness exact+partial`` the task's metric plus 0.1 x the
-   partial-credit metric) unless ``results/allocations/<name>/`` already holds it, and saves it
+   partial-credit metric as f(S), or with ``--fitness exact+partial`` the task's metric plus 0.1 x
+   the partial-credit metric) unless ``results/allocations/<name>/`` already holds it, and saves it
    there with its model card; a search stopped part-way continues from its latest checkpoint in
    ``results/runs/<name>/`` when the command is run again; with ``--sweeps N`` each seed's search is
    followed by ``N - 1`` more sweeps over the layer groups, each started from the previous allocation
@@ -58,7 +58,7 @@ PARTIAL_WEIGHT = 0.1
 """The weight of the partial-credit term in ``--fitness exact+partial``: at 0.1 one more exact answer in 30 search
 samples adds 3.3 points, as much as a 33-point rise of the mean partial credit (the second edit-similarity sweep
 of the needle task raised it by 8), so the partial credit mostly orders schemes that answer the same samples
-exactly, and still gives a gradient where none does."""
+exactly, and still gives a gradient where the exact metric gives none."""
 
 
 class ExactPlusPartial:
@@ -286,13 +286,24 @@ def check_sweep_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(
             "--first-sweep-fitness differs from --fitness only with later sweeps: give --sweeps 2 or more"
         )
-    task = TASKS.get(args.task)
-    exact = "exact+partial" in (args.fitness, args.first_sweep_fitness)
-    if exact and task is not None and task.default_metric == task.partial_credit_metric:
+    if args.first_sweep_fitness == "exact+partial" and args.fitness == "partial":
+        # The run key and the later sweeps' names carry the last sweep's fitness only: such a run would be
+        # published under the key of an all-partial run.
         parser.error(
-            f"--fitness exact+partial: {args.task}'s metric {task.default_metric} is its partial-credit "
-            "metric too, so the sum would only double it; use --fitness partial"
+            "--first-sweep-fitness exact+partial with --fitness partial is not supported: the run would be named "
+            "as an all-partial one"
         )
+    task = TASKS.get(args.task)
+    for option, fitness in (("--fitness", args.fitness), ("--first-sweep-fitness", args.first_sweep_fitness)):
+        if (
+            fitness == "exact+partial"
+            and task is not None
+            and task.default_metric == task.partial_credit_metric
+        ):
+            parser.error(
+                f"{option} exact+partial: {args.task}'s metric {task.default_metric} is its partial-credit "
+                f"metric too, so the sum would only double it; use {option} partial"
+            )
 
 
 def search(
@@ -591,8 +602,8 @@ def main() -> None:
         "per_sample": {
             f"{method}@{budget or 'full'}": values for (method, budget), values in sorted(scores.items())
         },
-        # The mean held-out score under the metric the search maximised (its search-set score is in
-        # "searches"): how much of the search-set gain carries to unseen samples.
+        # The mean held-out score under the task's partial-credit metric (the search-set score of a search that
+        # maximised it is in "searches"): how much of the search-set gain carries to unseen samples.
         "partial_credit": {
             "metric": TASKS[args.task].partial_credit_metric,
             "scores": {

@@ -94,12 +94,21 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             for key, value in partial["scores"].items()
             if key.endswith(f"@{target}")
         )
-        if run["settings"].get("fitness", "partial") == "partial":
+        searched = [
+            item.get("search_metric")
+            for search in run.get("searches", {}).values()
+            for item in [search, *search.get("sweeps", [])]
+        ]
+        if all(
+            metric in (None, partial["metric"]) for metric in searched
+        ):  # None: recorded before the metric
             about = "the search's partial credit, comparable with its search-set score"
-        else:  # the last sweep maximised another metric
+        elif partial["metric"] in searched:
             about = (
                 f"the task's partial credit, comparable with the search-set scores in `{partial['metric']}`"
             )
+        else:
+            about = "the task's partial credit; no search-set score is in this metric"
         lines.append(f"- held-out `{partial['metric']}` ({about}) at {target}: {at_target}")
     lines.append(f"- held-out evaluation of all methods took {run['eval_seconds']:.0f} s")
     if run.get("evolkv_hf_commit"):

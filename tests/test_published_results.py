@@ -248,12 +248,18 @@ def test_a_run_block_shows_each_sweep_and_the_held_out_partial_credit(search_nam
     )
     # A last sweep with another fitness: each score says its metric, and the held-out partial credit says so too.
     run["settings"]["fitness"] = "exact+partial"
+    run["searches"]["evolkv_seed0"]["sweeps"][0]["search_metric"] = "edit_sim"
     run["searches"]["evolkv_seed0"]["sweeps"][1]["search_metric"] = "string_match_all+0.1*edit_sim"
     block = tables.run_block("key", run)
     assert "sweep 2 (float32): 808 s, search-set score (`string_match_all+0.1*edit_sim`) 51.6" in block
     assert (
         "held-out `edit_sim` (the task's partial credit, comparable with the search-set scores in `edit_sim`)"
         in block
+    )
+    run["searches"]["evolkv_seed0"]["sweeps"][0]["search_metric"] = "string_match_all+0.1*edit_sim"
+    run["searches"]["evolkv_seed0"]["search_metric"] = "string_match_all+0.1*edit_sim"
+    assert "(the task's partial credit; no search-set score is in this metric)" in tables.run_block(
+        "key", run
     )
 
 
@@ -277,6 +283,7 @@ def test_unset_options_are_left_out_of_the_published_settings(search_name: objec
 
     settings = reproduce.published_settings(reproduce.parse_args(["--search-only"]))
     assert "sweep_generations" not in settings and "first_sweep_dtype" not in settings
+    assert "first_sweep_fitness" not in settings
     assert "search_only" not in settings
     with pytest.raises(SystemExit):  # --sweep-generations needs a later sweep
         reproduce.parse_args(["--sweep-generations", "8"])
@@ -319,7 +326,9 @@ def test_a_search_with_the_exact_fitness_is_named_apart(search_name: object) -> 
     assert reproduce.run_key(reproduce.parse_args([])) == "niah_single__2048__c128__penalty__g15__s30"
 
 
-def test_the_exact_fitness_counts_an_exact_answer_above_any_partial_credit(search_name: object) -> None:
+def test_the_exact_fitness_weighs_an_exact_answer_as_33_points_of_mean_partial_credit(
+    search_name: object,
+) -> None:
     import reproduce
 
     from evolkv_hf.metrics import per_sample_scores
@@ -344,6 +353,8 @@ def test_exact_fitness_options_that_would_mislead_are_refused(search_name: objec
         reproduce.parse_args(["--first-sweep-fitness", "partial", "--fitness", "exact+partial"])
     with pytest.raises(SystemExit):  # vt's metric is its partial credit: the sum would double it
         reproduce.parse_args(["--task", "vt", "--fitness", "exact+partial"])
+    with pytest.raises(SystemExit):  # the run key names the last sweep's fitness only: an all-partial key
+        reproduce.parse_args(["--sweeps", "2", "--first-sweep-fitness", "exact+partial"])
     reproduce.parse_args(["--task", "vt"])
 
 
@@ -421,8 +432,14 @@ def test_compare_runs_pairs_two_runs_only_on_the_same_samples(search_name: objec
     import compare_runs  # type: ignore[import-not-found]  # beside reproduce.py
 
     run = "niah_single__2048__c128__project__g15+8__s30__stratified__float32"
+    # Two bfloat16 runs on the all-depths split scored their heuristics identically: they pair.
+    checked = compare_runs.check_same_samples(
+        SUMMARY,
+        "niah_single__2048__c128__penalty__g15__s30__stratified",
+        "niah_single__2048__c128__project__g15__s30__stratified",
+    )
+    assert "uniform@128" in checked and "full@full" in checked
     # Within one run it gives the run's own paired comparison of its two sweeps.
-    assert compare_runs.check_same_samples(SUMMARY, run, run)
     item = compare_runs.compare(SUMMARY, (run, "evolkv_seed0"), (run, "evolkv_seed0_sweep1"), 128)
     assert (item["difference"], item["ci_low"], item["ci_high"]) == (-6.0, -9.5, -3.0)
     assert (item["first_only"], item["second_only"]) == (0, 12)
@@ -431,7 +448,9 @@ def test_compare_runs_pairs_two_runs_only_on_the_same_samples(search_name: objec
         compare_runs.check_same_samples(
             SUMMARY, run, "niah_single__2048__c128__project__g15__s30__stratified"
         )
-    with pytest.raises(SystemExit, match="depth_split"):
+    with pytest.raises(SystemExit, match="different held-out samples: task"):
+        compare_runs.check_same_samples(SUMMARY, run, "vt__2048__c128__project__g15__s30__e400")
+    with pytest.raises(SystemExit, match="before per-sample scores were recorded"):
         compare_runs.check_same_samples(SUMMARY, run, "niah_single__2048__c128__penalty__g15__s30")
     with pytest.raises(argparse.ArgumentTypeError, match="RUN:METHOD"):
         compare_runs.parse_method("evolkv_seed0")
