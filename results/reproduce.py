@@ -10,7 +10,8 @@ For one task on the demo model (SmolLM2-135M-Instruct):
    there with its model card; a search stopped part-way continues from its latest checkpoint in
    ``results/runs/<name>/`` when the command is run again; with ``--sweeps N`` each seed's search is
    followed by ``N - 1`` more sweeps over the layer groups, each started from the previous allocation
-   (``--sweep-generations``, ``--first-sweep-dtype``, ``--first-sweep-fitness``), and every sweep's allocation is evaluated;
+   (``--sweep-generations``, ``--first-sweep-dtype``, ``--first-sweep-fitness``), and every sweep's
+   allocation is evaluated;
 3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
    held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
    at each budget, with the task's default metric and a 95% bootstrap interval (and, to compare with the
@@ -119,7 +120,7 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, the sweep's
     fitness (``__exactfit``) only when it is not ``partial`` and the sweep's dtype (``__float32``, before
     ``__seed<n>``) only when it is not bfloat16. The name of a later sweep
-    does not say which dtype the earlier ones ran in: their allocations' provenance does (a reused sweep whose
+    does not say which dtype or fitness the earlier ones ran with: their allocations' provenance does (a reused sweep whose
     ``initial_allocation`` differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
     """
     sweep = getattr(args, "sweeps", 1) if sweep is None else sweep

@@ -94,14 +94,14 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             for key, value in partial["scores"].items()
             if key.endswith(f"@{target}")
         )
+        # The metric each search and sweep maximised (None: published before it was recorded, when every search
+        # maximised the task's partial credit).
         searched = [
             item.get("search_metric")
             for search in run.get("searches", {}).values()
             for item in [search, *search.get("sweeps", [])]
         ]
-        if all(
-            metric in (None, partial["metric"]) for metric in searched
-        ):  # None: recorded before the metric
+        if all(metric in (None, partial["metric"]) for metric in searched):
             about = "the search's partial credit, comparable with its search-set score"
         elif partial["metric"] in searched:
             about = (
