@@ -47,7 +47,7 @@ from evolkv_hf import BudgetAllocation
 from evolkv_hf.demo import DEMO_MODEL_ID, load_demo_model
 from evolkv_hf.evaluation import EvaluationReport, EvaluationRow
 from evolkv_hf.inference import encode_samples
-from evolkv_hf.metrics import bootstrap_ci, per_sample_scores
+from evolkv_hf.metrics import bootstrap_ci, load_metric, per_sample_scores
 from evolkv_hf.search import BudgetSearcher, CacheOptions, PrefillOnceEngine, SearchArguments
 from evolkv_hf.search.checkpoint import CheckpointError, latest_checkpoint
 from evolkv_hf.tasks import TASKS, load_task, load_task_splits
@@ -71,9 +71,10 @@ class ExactPlusPartial:
     """
 
     def __init__(self, task: str) -> None:
-        self.exact = TASKS[task].default_metric
-        self.partial = TASKS[task].partial_credit_metric
-        self.name = f"{self.exact}+{PARTIAL_WEIGHT:g}*{self.partial}"
+        exact, partial = TASKS[task].default_metric, TASKS[task].partial_credit_metric
+        self.name = f"{exact}+{PARTIAL_WEIGHT:g}*{partial}"
+        # Loaded once: the searcher calls the metric for every candidate.
+        self.exact, self.partial = load_metric(exact), load_metric(partial)
 
     def __call__(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
         exact = per_sample_scores(self.exact, predictions, references)
@@ -119,14 +120,14 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     so do the sweeps (``__g15x2``: a second sweep over the groups, started from the first's allocation;
     ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, the sweep's
     fitness (``__exactfit``) only when it is not ``partial`` and the sweep's dtype (``__float32``, before
-    ``__seed<n>``) only when it is not bfloat16. The name of a later sweep
-    does not say which dtype or fitness the earlier ones ran with: their allocations' provenance does (a reused sweep whose
-    ``initial_allocation`` differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
+    ``__seed<n>``) only when it is not bfloat16. The name of a later sweep does not say which dtype or fitness
+    the earlier ones ran with: their allocations' provenance does (a reused sweep whose ``initial_allocation``
+    differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
     """
     sweep = getattr(args, "sweeps", 1) if sweep is None else sweep
     samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
     split = "__stratified" if args.depth_split == "stratified" else ""
-    fitness = "" if sweep_fitness(args, sweep) == "partial" else "__exactfit"
+    fitness = fitness_label(sweep_fitness(args, sweep))
     dtype = "" if sweep_dtype(args, sweep) == "bfloat16" else f"__{sweep_dtype(args, sweep)}"
     return (
         f"{args.task}__c{args.target_budget}__{args.constraint}__g{sweeps_label(args, sweep)}{samples}{split}"
@@ -162,6 +163,11 @@ def sweep_fitness(args: argparse.Namespace, sweep: int) -> str:
     else ``--fitness``. Names of searches with ``exact+partial`` carry ``__exactfit``."""
     first = getattr(args, "first_sweep_fitness", None)
     return first if sweep == 1 and first else getattr(args, "fitness", "partial")
+
+
+def fitness_label(fitness: str) -> str:
+    """A fitness in names and run keys: nothing for ``partial`` (every published name stays), else ``__exactfit``."""
+    return "" if fitness == "partial" else "__exactfit"
 
 
 def search_metric(args: argparse.Namespace, sweep: int) -> Any:
@@ -704,7 +710,7 @@ def run_key(args: argparse.Namespace) -> str:
         f"__g{sweeps_label(args, getattr(args, 'sweeps', 1))}"
         + f"__s{args.search_samples}"
         + ("__stratified" if args.depth_split == "stratified" else "")
-        + ("" if getattr(args, "fitness", "partial") == "partial" else "__exactfit")
+        + fitness_label(getattr(args, "fitness", "partial"))
         + ("" if args.eval_samples == 200 else f"__e{args.eval_samples}")
         + ("" if getattr(args, "dtype", "bfloat16") == "bfloat16" else f"__{args.dtype}")
     )
