@@ -116,7 +116,8 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah
 def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -> str:
     """The directory name of one seed's search under ``allocations/`` and ``runs/``.
 
-    The search-set size appears (``__s60``) only when it is not the paper's 30, so the published names stay;
+    The sweep's search-set size (:func:`sweep_samples`) appears (``__s60``) only when it is not the paper's 30,
+    so the published names stay;
     so do the sweeps (``__g15x2``: a second sweep over the groups, started from the first's allocation;
     ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, the sweep's
     fitness (``__exactfit``) only when it is not ``partial`` and the sweep's dtype (``__float32``, before
@@ -125,7 +126,7 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
     """
     sweep = getattr(args, "sweeps", 1) if sweep is None else sweep
-    samples = "" if args.search_samples == 30 else f"__s{args.search_samples}"
+    samples = "" if sweep_samples(args, sweep) == 30 else f"__s{sweep_samples(args, sweep)}"
     split = "__stratified" if args.depth_split == "stratified" else ""
     fitness = fitness_label(sweep_fitness(args, sweep))
     dtype = "" if sweep_dtype(args, sweep) == "bfloat16" else f"__{sweep_dtype(args, sweep)}"
@@ -149,6 +150,14 @@ def sweeps_label(args: argparse.Namespace, sweep: int) -> str:
 def sweep_generations(args: argparse.Namespace) -> int:
     """CMA-ES generations per group of the sweeps after the first (default: ``--generations``)."""
     return getattr(args, "sweep_generations", None) or args.generations
+
+
+def sweep_samples(args: argparse.Namespace, sweep: int) -> int:
+    """The search-set size of sweep ``sweep``: ``--earlier-sweep-samples`` for every sweep before the last
+    (default ``--search-samples``), else ``--search-samples``. The smaller set is the first rows of the larger
+    one (a sample depends only on its row and depth), so the held-out set stays disjoint from both."""
+    earlier = getattr(args, "earlier_sweep_samples", None)
+    return earlier if earlier is not None and sweep < getattr(args, "sweeps", 1) else args.search_samples
 
 
 def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
@@ -240,6 +249,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument(
+        "--evaluate-earlier-sweeps",
+        default="all",
+        choices=["all", "previous"],
+        help="with --sweeps 2 or more, which earlier sweeps' allocations are evaluated beside the last one: all "
+        "(every published run), or previous, only the one the last sweep started from (each sweep left out saves "
+        "the evaluation of two seeds at every budget)",
+    )
+    parser.add_argument(
         "--search-only",
         action="store_true",
         help="search (or finish) each seed's allocation, then stop before the held-out evaluation; a later run "
@@ -277,6 +294,14 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "continue a published bfloat16 search with a second sweep in float32, on a CPU without native bfloat16",
     )
     parser.add_argument(
+        "--earlier-sweep-samples",
+        type=positive_int,
+        default=None,
+        help="the search-set size of every sweep before the last, which must then already be in allocations/ "
+        "(default: --search-samples): to continue a published 30-sample search with a last sweep on more "
+        "samples; at most --search-samples, so that no earlier sweep's sample is held out",
+    )
+    parser.add_argument(
         "--first-sweep-fitness",
         default=None,
         choices=FITNESSES,
@@ -289,6 +314,15 @@ def check_sweep_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
     """Refuse sweep options that would be ignored, and an ``exact+partial`` fitness that would add a metric to itself."""
     if args.sweep_generations is not None and args.sweeps == 1:
         parser.error("--sweep-generations sets the sweeps after the first: give --sweeps 2 or more")
+    if args.earlier_sweep_samples is not None and args.sweeps == 1:
+        parser.error("--earlier-sweep-samples sets the sweeps before the last: give --sweeps 2 or more")
+    if args.earlier_sweep_samples is not None and args.earlier_sweep_samples > args.search_samples:
+        # The held-out samples are the rows after --search-samples: rows an earlier sweep searched on would be
+        # among them.
+        parser.error(
+            f"--earlier-sweep-samples {args.earlier_sweep_samples} is more than --search-samples "
+            f"{args.search_samples}: the earlier sweeps' extra samples would be held out"
+        )
     if args.first_sweep_fitness is not None and args.sweeps == 1:
         parser.error(
             "--first-sweep-fitness differs from --fitness only with later sweeps: give --sweeps 2 or more"
@@ -344,7 +378,7 @@ def search_sweep(
         allocation = BudgetAllocation.from_pretrained(directory)
         # The directory name does not carry every setting: reuse it only when its provenance matches.
         wanted = {
-            "search_num_samples": args.search_samples,
+            "search_num_samples": sweep_samples(args, sweep),
             "search_population_size": args.population,
             "search_group_size": args.group_size,
             "context_length": args.context_length,
@@ -376,6 +410,13 @@ def search_sweep(
                 "again with these settings."
             )
         return allocation, float(allocation.extra.get("search_seconds", float("nan")))
+    if sweep_samples(args, sweep) != args.search_samples:
+        raise SystemExit(
+            f"{directory} holds no allocation: sweep {sweep} would be searched on {sweep_samples(args, sweep)} "
+            f"samples (--earlier-sweep-samples) but this run's search set has {args.search_samples} "
+            f"(--search-samples). Search it first with --search-samples {sweep_samples(args, sweep)}, or leave out "
+            "--earlier-sweep-samples."
+        )
     if sweep_dtype(args, sweep) != args.dtype:
         raise SystemExit(
             f"{directory} holds no allocation: sweep {sweep} would be searched in {sweep_dtype(args, sweep)} "
@@ -437,6 +478,14 @@ def search_sweep(
     )
     allocation.save_pretrained(directory, overwrite=True)
     return allocation, seconds
+
+
+def evaluated_earlier_sweeps(args: argparse.Namespace) -> list[int]:
+    """The earlier sweeps whose allocations the held-out evaluation scores beside the last one's: every one, or
+    with ``--evaluate-earlier-sweeps previous`` only the one the last sweep started from."""
+    if getattr(args, "evaluate_earlier_sweeps", "all") == "previous":
+        return [args.sweeps - 1] if args.sweeps > 1 else []
+    return list(range(1, args.sweeps))
 
 
 def published_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -552,13 +601,18 @@ def main() -> None:
                     "dtype": swept.extra.get("dtype", "bfloat16"),
                     "search_score": swept.metric_value,
                     "search_metric": swept.metric_name,
+                    # Sweeps on other search sets (--earlier-sweep-samples) have search-set scores on other samples.
+                    "search_samples": swept.search_num_samples,
                     **({"search_resumed": True} if swept.extra.get("search_resumed") else {}),
                 }
                 for swept in [*earlier, allocation]
             ]
             # Each earlier sweep's allocation is scored beside the last one, so the table shows what the later
-            # sweeps added (in this run's dtype, on the same held-out samples).
+            # sweeps added (in this run's dtype, on the same held-out samples); with --evaluate-earlier-sweeps
+            # previous only the one the last sweep started from.
             for sweep, swept in enumerate(earlier, start=1):
+                if sweep not in evaluated_earlier_sweeps(args):
+                    continue
                 for budget in budgets:
                     methods.setdefault(f"{name}_sweep{sweep}", {})[budget] = swept.rescale(budget).budgets
 

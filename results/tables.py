@@ -82,9 +82,11 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             )
             if sweep.get("search_resumed"):
                 sweep_took += " (resumed: the summed time of its scheme evaluations)"
+            # Recorded since sweeps can search different sets (--earlier-sweep-samples): their scores differ in samples.
+            samples = f" on {sweep['search_samples']} samples" if "search_samples" in sweep else ""
             lines.append(
                 f"  - sweep {number} ({sweep['dtype']}): {sweep_took}, search-set {score_label(sweep)} "
-                f"{sweep['search_score']:.1f}"
+                f"{sweep['search_score']:.1f}{samples}"
             )
     partial = run.get("partial_credit")
     if partial:
@@ -167,7 +169,8 @@ def plot_allocations(name: str, run: dict[str, Any], directory: Path) -> Path | 
     axes.axhline(target, color="black", linestyle="--", linewidth=1, label=f"uniform {target}")
     axes.set_xlabel("decoder layer")
     axes.set_ylabel("budget (tokens)")
-    axes.set_title(f"learned allocations, {name}")
+    # The run key on a line of its own, smaller: the long keys of later runs were clipped on one line.
+    axes.set_title(f"learned allocations,\n{name}", fontsize=8)
     axes.legend(fontsize=8)
     figure.tight_layout()
     path = directory / f"allocations_{name}.png"

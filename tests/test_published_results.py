@@ -240,6 +240,7 @@ def test_a_run_block_shows_each_sweep_and_the_held_out_partial_credit(search_nam
     }
     block = tables.run_block("key", run)
     assert "its 2 sweeps took 3000 s in all" in block
+    assert " samples" not in block.split("its 2 sweeps")[1].split("held-out")[0]  # not recorded: not shown
     assert "  - sweep 1 (bfloat16): 2192 s, search-set score 49.6" in block
     assert "  - sweep 2 (float32): 808 s, search-set score 51.6" in block
     assert (
@@ -256,6 +257,12 @@ def test_a_run_block_shows_each_sweep_and_the_held_out_partial_credit(search_nam
         "held-out `edit_sim` (the task's partial credit, comparable with the search-set scores in `edit_sim`)"
         in block
     )
+    # Sweeps that searched different sets say how many samples each score is on.
+    run["searches"]["evolkv_seed0"]["sweeps"][0]["search_samples"] = 30
+    run["searches"]["evolkv_seed0"]["sweeps"][1]["search_samples"] = 60
+    block = tables.run_block("key", run)
+    assert "sweep 1 (bfloat16): 2192 s, search-set score (`edit_sim`) 49.6 on 30 samples" in block
+    assert "search-set score (`string_match_all+0.1*edit_sim`) 51.6 on 60 samples" in block
     run["searches"]["evolkv_seed0"]["sweeps"][0]["search_metric"] = "string_match_all+0.1*edit_sim"
     run["searches"]["evolkv_seed0"]["search_metric"] = "string_match_all+0.1*edit_sim"
     assert "(the task's partial credit; no search-set score is in this metric)" in tables.run_block(
@@ -324,6 +331,87 @@ def test_a_search_with_the_exact_fitness_is_named_apart(search_name: object) -> 
     )
     # The default keeps every published name.
     assert reproduce.run_key(reproduce.parse_args([])) == "niah_single__2048__c128__penalty__g15__s30"
+
+
+def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_sweeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_name: object
+) -> None:
+    import dataclasses
+
+    import reproduce
+
+    args = reproduce.parse_args(
+        shlex.split(
+            "--search-samples 60 --earlier-sweep-samples 30 --generations 15 --sweeps 3 --sweep-generations 8 "
+            "--first-sweep-dtype bfloat16 --first-sweep-fitness partial --fitness exact+partial --dtype float32 "
+            "--depth-split stratified --constraint project"
+        )
+    )
+    # The first two sweeps are the published 30-sample searches, under their own names; only the last says 60.
+    assert [reproduce.sweep_samples(args, sweep) for sweep in (1, 2, 3)] == [30, 30, 60]
+    assert reproduce.search_name(args, 0, 1) == "niah_single__c128__project__g15__stratified__seed0"
+    assert (
+        reproduce.search_name(args, 0, 2)
+        == "niah_single__c128__project__g15+8__stratified__exactfit__float32__seed0"
+    )
+    assert (
+        reproduce.search_name(args, 0, 3)
+        == "niah_single__c128__project__g15+8x2__s60__stratified__exactfit__float32__seed0"
+    )
+    assert (
+        reproduce.run_key(args)
+        == "niah_single__2048__c128__project__g15+8x2__s60__stratified__exactfit__float32"
+    )
+    # Without the option every sweep searches --search-samples (the published names keep their meaning).
+    assert reproduce.sweep_samples(reproduce.parse_args(["--sweeps", "2"]), 1) == 30
+    # Regression: the reuse check compared an earlier sweep's sample count with --search-samples, so a 30-sample
+    # sweep was refused in a run whose last sweep searches 60.
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    directory = tmp_path / "allocations" / reproduce.search_name(args, 0, 2)
+    saved = dataclasses.replace(
+        BudgetAllocation.uniform(30, 128),
+        metric_name="string_match_all+0.1*edit_sim",
+        search_num_samples=30,
+        search_population_size=10,
+        search_group_size=8,
+        extra={
+            "context_length": 2048,
+            "depth_split": "stratified",
+            "dtype": "float32",
+            "initial_allocation": "results/allocations/" + reproduce.search_name(args, 0, 1),
+        },
+    )
+    saved.save_pretrained(directory)
+    first = reproduce.search_name(args, 0, 1)
+    allocation, _ = reproduce.search_sweep(args, None, None, None, 0, 2, first)
+    assert allocation.budgets == [128] * 30
+    # An earlier sweep on other samples is never searched here (the run loaded --search-samples samples).
+    with pytest.raises(SystemExit, match="sweep 1 would be searched on 30 samples"):
+        reproduce.search_sweep(args, None, None, None, 0, 1, None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_earlier_sweep_options_that_would_mislead_are_refused(search_name: object) -> None:
+    import reproduce
+
+    with pytest.raises(SystemExit):  # no earlier sweep to set
+        reproduce.parse_args(["--earlier-sweep-samples", "30"])
+    with pytest.raises(SystemExit):  # rows 30-59 of the earlier sweeps' search set would be held out
+        reproduce.parse_args(["--sweeps", "2", "--search-samples", "30", "--earlier-sweep-samples", "60"])
+    reproduce.parse_args(["--sweeps", "2", "--search-samples", "60", "--earlier-sweep-samples", "30"])
+
+
+def test_only_the_previous_sweep_is_evaluated_when_asked(search_name: object) -> None:
+    import reproduce
+
+    args = reproduce.parse_args(["--sweeps", "3"])
+    assert reproduce.evaluated_earlier_sweeps(args) == [1, 2]
+    args = reproduce.parse_args(["--sweeps", "3", "--evaluate-earlier-sweeps", "previous"])
+    assert reproduce.evaluated_earlier_sweeps(args) == [2]
+    assert (
+        reproduce.evaluated_earlier_sweeps(reproduce.parse_args(["--evaluate-earlier-sweeps", "previous"]))
+        == []
+    )
 
 
 def test_the_exact_fitness_weighs_an_exact_answer_as_33_points_of_mean_partial_credit(
