@@ -10,8 +10,8 @@ For one task on the demo model (SmolLM2-135M-Instruct):
    there with its model card; a search stopped part-way continues from its latest checkpoint in
    ``results/runs/<name>/`` when the command is run again; with ``--sweeps N`` each seed's search is
    followed by ``N - 1`` more sweeps over the layer groups, each started from the previous allocation
-   (``--sweep-generations``, ``--first-sweep-dtype``, ``--first-sweep-fitness``), and every sweep's
-   allocation is evaluated;
+   (``--sweep-generations``, ``--first-sweep-dtype``, ``--first-sweep-fitness``, ``--earlier-sweep-samples``),
+   and every sweep's allocation is evaluated (with ``--evaluate-earlier-sweeps previous`` only the last two);
 3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
    held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
    at each budget, with the task's default metric and a 95% bootstrap interval (and, to compare with the
@@ -116,8 +116,8 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah
 def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -> str:
     """The directory name of one seed's search under ``allocations/`` and ``runs/``.
 
-    The sweep's search-set size (:func:`sweep_samples`) appears (``__s60``) only when it is not the paper's 30,
-    so the published names stay;
+    The search-set size appears (``__s60``; ``__s30+60`` for a sweep on 60 samples after sweeps on 30, see
+    :func:`samples_label`) only when it is not the paper's 30, so the published names stay;
     so do the sweeps (``__g15x2``: a second sweep over the groups, started from the first's allocation;
     ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, the sweep's
     fitness (``__exactfit``) only when it is not ``partial`` and the sweep's dtype (``__float32``, before
@@ -126,7 +126,8 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
     """
     sweep = getattr(args, "sweeps", 1) if sweep is None else sweep
-    samples = "" if sweep_samples(args, sweep) == 30 else f"__s{sweep_samples(args, sweep)}"
+    samples = samples_label(args, sweep)
+    samples = "" if samples == "30" else f"__s{samples}"
     split = "__stratified" if args.depth_split == "stratified" else ""
     fitness = fitness_label(sweep_fitness(args, sweep))
     dtype = "" if sweep_dtype(args, sweep) == "bfloat16" else f"__{sweep_dtype(args, sweep)}"
@@ -154,10 +155,21 @@ def sweep_generations(args: argparse.Namespace) -> int:
 
 def sweep_samples(args: argparse.Namespace, sweep: int) -> int:
     """The search-set size of sweep ``sweep``: ``--earlier-sweep-samples`` for every sweep before the last
-    (default ``--search-samples``), else ``--search-samples``. The smaller set is the first rows of the larger
-    one (a sample depends only on its row and depth), so the held-out set stays disjoint from both."""
+    (default ``--search-samples``), else ``--search-samples``.
+
+    The smaller set holds the same rows as the start of the larger one (a sample depends only on its row and
+    its depth: the same needles and haystacks, which tasks with depths place at other depths in a set of
+    another size), so the held-out rows, from ``--search-samples`` on, are in neither."""
     earlier = getattr(args, "earlier_sweep_samples", None)
     return earlier if earlier is not None and sweep < getattr(args, "sweeps", 1) else args.search_samples
+
+
+def samples_label(args: argparse.Namespace, sweep: int) -> str:
+    """The search-set sizes of sweeps ``1 .. sweep`` in names and run keys: ``60`` when every one searched 60
+    samples, ``30+60`` for a sweep on 60 after sweeps on 30 (``--earlier-sweep-samples``), so that such a run
+    is not named as one that searched 60 samples in every sweep."""
+    last, earlier = sweep_samples(args, sweep), sweep_samples(args, 1)
+    return f"{last}" if earlier == last else f"{earlier}+{last}"
 
 
 def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
@@ -252,9 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--evaluate-earlier-sweeps",
         default="all",
         choices=["all", "previous"],
-        help="with --sweeps 2 or more, which earlier sweeps' allocations are evaluated beside the last one: all "
+        help="with --sweeps 3 or more, which earlier sweeps' allocations are evaluated beside the last one: all "
         "(every published run), or previous, only the one the last sweep started from (each sweep left out saves "
-        "the evaluation of two seeds at every budget)",
+        "the evaluation of every seed at every budget)",
     )
     parser.add_argument(
         "--search-only",
@@ -265,19 +277,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     check_sweep_arguments(parser, args)
+    if args.evaluate_earlier_sweeps == "previous" and args.sweeps < 3:
+        parser.error(
+            "--evaluate-earlier-sweeps previous leaves out sweeps before the previous one: give --sweeps 3 or more"
+        )
     return args
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--sweeps``, ``--sweep-generations`` and ``--first-sweep-dtype``, which name a run's later sweeps (shared
-    with ``fitness_proxy.py``); check them with :func:`check_sweep_arguments` after parsing."""
+    """``--sweeps``, ``--sweep-generations``, ``--first-sweep-dtype``, ``--earlier-sweep-samples`` and
+    ``--first-sweep-fitness``, which name a run's sweeps (shared with ``fitness_proxy.py``); check them with
+    :func:`check_sweep_arguments` after parsing."""
     parser.add_argument(
         "--sweeps",
         type=positive_int,
         default=1,
         help="sweeps over the layer groups: each sweep after the first is a new search of --sweep-generations "
         "(default --generations) per group started from the previous sweep's allocation "
-        "(SearchArguments.initial_allocation); reproduce.py evaluates every sweep's allocation",
+        "(SearchArguments.initial_allocation); reproduce.py evaluates every sweep's allocation (see "
+        "--evaluate-earlier-sweeps)",
     )
     parser.add_argument(
         "--sweep-generations",
@@ -561,8 +579,26 @@ def evaluate(
     return scores, partial
 
 
+def check_published_run(args: argparse.Namespace, summary_path: Path) -> None:
+    """Refuse to rerun a published run with another ``--evaluate-earlier-sweeps``: the run key does not carry it,
+    so the new entry would replace the published one and drop (or add) its earlier sweeps' rows."""
+    if not summary_path.is_file():
+        return
+    published = json.loads(summary_path.read_text())["runs"].get(run_key(args))
+    if published is None:
+        return
+    before = published["settings"].get("evaluate_earlier_sweeps", "all")
+    if before != args.evaluate_earlier_sweeps:
+        raise SystemExit(
+            f"{summary_path} holds run {run_key(args)} evaluated with --evaluate-earlier-sweeps {before}; this "
+            f"rerun with {args.evaluate_earlier_sweeps} would replace it with other rows. Rerun with "
+            f"--evaluate-earlier-sweeps {before}."
+        )
+
+
 def main() -> None:
     args = parse_args()
+    check_published_run(args, ROOT / "summary.json")
     model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype))
     layers = model.config.num_hidden_layers
     train, held_out = split_samples(args, tokenizer)
@@ -752,7 +788,7 @@ def paired_comparisons(
 
 def run_key(args: argparse.Namespace) -> str:
     """The run's key in ``summary.json``: task, context length, target, constraint, generations (and sweeps),
-    search-set size, split, held-out size and dtype (population, group size and seeds are in the run's
+    search-set size (``__s30+60`` when the earlier sweeps searched fewer samples, :func:`samples_label`), split, held-out size and dtype (population, group size and seeds are in the run's
     settings).
 
     The held-out size appears (``__e400``) only when it is not 200, the sweeps (``__g15x2``, ``__g15+8``) only when
@@ -762,7 +798,7 @@ def run_key(args: argparse.Namespace) -> str:
     return (
         f"{args.task}__{args.context_length}__c{args.target_budget}__{args.constraint}"
         f"__g{sweeps_label(args, getattr(args, 'sweeps', 1))}"
-        + f"__s{args.search_samples}"
+        + f"__s{samples_label(args, getattr(args, 'sweeps', 1))}"
         + ("__stratified" if args.depth_split == "stratified" else "")
         + fitness_label(getattr(args, "fitness", "partial"))
         + ("" if args.eval_samples == 200 else f"__e{args.eval_samples}")

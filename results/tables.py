@@ -83,7 +83,9 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             if sweep.get("search_resumed"):
                 sweep_took += " (resumed: the summed time of its scheme evaluations)"
             # Recorded since sweeps can search different sets (--earlier-sweep-samples): their scores differ in samples.
-            samples = f" on {sweep['search_samples']} samples" if "search_samples" in sweep else ""
+            samples = (
+                f" on {sweep['search_samples']} samples" if sweep.get("search_samples") is not None else ""
+            )
             lines.append(
                 f"  - sweep {number} ({sweep['dtype']}): {sweep_took}, search-set {score_label(sweep)} "
                 f"{sweep['search_score']:.1f}{samples}"

@@ -356,14 +356,23 @@ def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_swee
     )
     assert (
         reproduce.search_name(args, 0, 3)
-        == "niah_single__c128__project__g15+8x2__s60__stratified__exactfit__float32__seed0"
+        == "niah_single__c128__project__g15+8x2__s30+60__stratified__exactfit__float32__seed0"
     )
+    assert (
+        reproduce.run_key(args)
+        == "niah_single__2048__c128__project__g15+8x2__s30+60__stratified__exactfit__float32"
+    )
+    # Without the option every sweep searches --search-samples, and the names say 60 (a run on 60 samples in every
+    # sweep is not named as the one above).
+    assert reproduce.sweep_samples(reproduce.parse_args(["--sweeps", "2"]), 1) == 30
+    args.earlier_sweep_samples = None
+    assert [reproduce.sweep_samples(args, sweep) for sweep in (1, 2, 3)] == [60, 60, 60]
+    assert reproduce.search_name(args, 0, 3).startswith("niah_single__c128__project__g15+8x2__s60__")
     assert (
         reproduce.run_key(args)
         == "niah_single__2048__c128__project__g15+8x2__s60__stratified__exactfit__float32"
     )
-    # Without the option every sweep searches --search-samples (the published names keep their meaning).
-    assert reproduce.sweep_samples(reproduce.parse_args(["--sweeps", "2"]), 1) == 30
+    args.earlier_sweep_samples = 30
     # Regression: the reuse check compared an earlier sweep's sample count with --search-samples, so a 30-sample
     # sweep was refused in a run whose last sweep searches 60.
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
@@ -391,27 +400,39 @@ def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_swee
     assert not (tmp_path / "runs").exists()
 
 
-def test_earlier_sweep_options_that_would_mislead_are_refused(search_name: object) -> None:
+def test_earlier_sweep_options_that_would_mislead_are_refused(
+    search_name: object, capsys: pytest.CaptureFixture[str]
+) -> None:
     import reproduce
 
-    with pytest.raises(SystemExit):  # no earlier sweep to set
-        reproduce.parse_args(["--earlier-sweep-samples", "30"])
-    with pytest.raises(SystemExit):  # rows 30-59 of the earlier sweeps' search set would be held out
-        reproduce.parse_args(["--sweeps", "2", "--search-samples", "30", "--earlier-sweep-samples", "60"])
+    refusals = [
+        (["--earlier-sweep-samples", "30"], "sets the sweeps before the last"),
+        # rows 30-59 of the earlier sweeps' search set would be held out
+        (["--sweeps", "2", "--search-samples", "30", "--earlier-sweep-samples", "60"], "would be held out"),
+        # with two sweeps "previous" is every earlier sweep: the option would be ignored
+        (["--sweeps", "2", "--evaluate-earlier-sweeps", "previous"], "give --sweeps 3 or more"),
+    ]
+    for argv, message in refusals:
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(argv)
+        assert message in capsys.readouterr().err
     reproduce.parse_args(["--sweeps", "2", "--search-samples", "60", "--earlier-sweep-samples", "30"])
 
 
-def test_only_the_previous_sweep_is_evaluated_when_asked(search_name: object) -> None:
+def test_only_the_previous_sweep_is_evaluated_when_asked(tmp_path: Path, search_name: object) -> None:
     import reproduce
 
     args = reproduce.parse_args(["--sweeps", "3"])
     assert reproduce.evaluated_earlier_sweeps(args) == [1, 2]
     args = reproduce.parse_args(["--sweeps", "3", "--evaluate-earlier-sweeps", "previous"])
     assert reproduce.evaluated_earlier_sweeps(args) == [2]
-    assert (
-        reproduce.evaluated_earlier_sweeps(reproduce.parse_args(["--evaluate-earlier-sweeps", "previous"]))
-        == []
-    )
+    # A published run is not replaced by a rerun that scores other sweeps (the run key does not say which).
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"runs": {reproduce.run_key(args): {"settings": {"sweeps": 3}}}}))
+    with pytest.raises(SystemExit, match="Rerun with --evaluate-earlier-sweeps all"):
+        reproduce.check_published_run(args, summary)
+    reproduce.check_published_run(reproduce.parse_args(["--sweeps", "3"]), summary)
+    reproduce.check_published_run(args, tmp_path / "missing.json")
 
 
 def test_the_exact_fitness_weighs_an_exact_answer_as_33_points_of_mean_partial_credit(
