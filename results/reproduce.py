@@ -788,8 +788,8 @@ def paired_comparisons(
 
 def run_key(args: argparse.Namespace) -> str:
     """The run's key in ``summary.json``: task, context length, target, constraint, generations (and sweeps),
-    search-set size (``__s30+60`` when the earlier sweeps searched fewer samples, :func:`samples_label`), split, held-out size and dtype (population, group size and seeds are in the run's
-    settings).
+    search-set size (``__s30+60`` when the earlier sweeps searched fewer samples, :func:`samples_label`), split,
+    held-out size and dtype (population, group size and seeds are in the run's settings).
 
     The held-out size appears (``__e400``) only when it is not 200, the sweeps (``__g15x2``, ``__g15+8``) only when
     more than one, the fitness of the last sweep (``__exactfit``) only when it is not ``partial`` and the dtype

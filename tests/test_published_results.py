@@ -32,6 +32,21 @@ def search_name() -> Iterator[Callable[[argparse.Namespace, int], str]]:
         sys.path.remove(str(RESULTS))
 
 
+def saved_search(budget: int, metric: str, extra: dict[str, object]) -> BudgetAllocation:
+    """A uniform allocation with the provenance ``reproduce.search_sweep`` checks before reusing a saved search
+    (30 samples, population 10, group size 8)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        BudgetAllocation.uniform(30, budget),
+        metric_name=metric,
+        search_num_samples=30,
+        search_population_size=10,
+        search_group_size=8,
+        extra=extra,
+    )
+
+
 def test_there_are_published_results() -> None:
     assert len(ALLOCATIONS) >= 2 and len(RUNS) >= 1
 
@@ -336,7 +351,6 @@ def test_a_search_with_the_exact_fitness_is_named_apart(search_name: object) -> 
 def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_sweeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_name: object
 ) -> None:
-    import dataclasses
 
     import reproduce
 
@@ -377,13 +391,10 @@ def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_swee
     # sweep was refused in a run whose last sweep searches 60.
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
     directory = tmp_path / "allocations" / reproduce.search_name(args, 0, 2)
-    saved = dataclasses.replace(
-        BudgetAllocation.uniform(30, 128),
-        metric_name="string_match_all+0.1*edit_sim",
-        search_num_samples=30,
-        search_population_size=10,
-        search_group_size=8,
-        extra={
+    saved = saved_search(
+        128,
+        "string_match_all+0.1*edit_sim",
+        {
             "context_length": 2048,
             "depth_split": "stratified",
             "dtype": "float32",
@@ -478,13 +489,10 @@ def test_a_saved_search_of_another_metric_is_not_reused(
     args = reproduce.parse_args(shlex.split("--fitness exact+partial --dtype float32 --target-budget 77"))
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
     directory = tmp_path / "allocations" / reproduce.search_name(args, 0, 1)
-    saved = dataclasses.replace(
-        BudgetAllocation.uniform(30, 77),
-        metric_name="edit_sim",
-        search_num_samples=30,
-        search_population_size=10,
-        search_group_size=8,
-        extra={"context_length": 2048, "depth_split": "ordered", "eval_samples": 200, "dtype": "float32"},
+    saved = saved_search(
+        77,
+        "edit_sim",
+        {"context_length": 2048, "depth_split": "ordered", "eval_samples": 200, "dtype": "float32"},
     )
     saved.save_pretrained(directory)
     with pytest.raises(SystemExit, match="'metric': 'edit_sim'"):
