@@ -646,11 +646,11 @@ def main() -> None:
             # Each earlier sweep's allocation is scored beside the last one, so the table shows what the later
             # sweeps added (in this run's dtype, on the same held-out samples); with --evaluate-earlier-sweeps
             # previous only the one the last sweep started from.
-            for sweep, swept in enumerate(earlier, start=1):
-                if sweep not in evaluated_earlier_sweeps(args):
-                    continue
+            for sweep in evaluated_earlier_sweeps(args):
                 for budget in budgets:
-                    methods.setdefault(f"{name}_sweep{sweep}", {})[budget] = swept.rescale(budget).budgets
+                    methods.setdefault(f"{name}_sweep{sweep}", {})[budget] = (
+                        earlier[sweep - 1].rescale(budget).budgets
+                    )
 
     if args.search_only:
         for name, info in search_info.items():

@@ -351,7 +351,6 @@ def test_a_search_with_the_exact_fitness_is_named_apart(search_name: object) -> 
 def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_sweeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_name: object
 ) -> None:
-
     import reproduce
 
     args = reproduce.parse_args(
@@ -391,6 +390,7 @@ def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_swee
     # sweep was refused in a run whose last sweep searches 60.
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
     directory = tmp_path / "allocations" / reproduce.search_name(args, 0, 2)
+    first = reproduce.search_name(args, 0, 1)
     saved = saved_search(
         128,
         "string_match_all+0.1*edit_sim",
@@ -398,11 +398,10 @@ def test_a_last_sweep_on_more_samples_is_named_apart_and_reuses_the_earlier_swee
             "context_length": 2048,
             "depth_split": "stratified",
             "dtype": "float32",
-            "initial_allocation": "results/allocations/" + reproduce.search_name(args, 0, 1),
+            "initial_allocation": f"results/allocations/{first}",
         },
     )
     saved.save_pretrained(directory)
-    first = reproduce.search_name(args, 0, 1)
     allocation, _ = reproduce.search_sweep(args, None, None, None, 0, 2, first)
     assert allocation.budgets == [128] * 30
     # An earlier sweep on other samples is never searched here (the run loaded --search-samples samples).
