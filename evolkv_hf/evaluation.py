@@ -193,6 +193,87 @@ class EvaluationReport:
     seed: int = 0
     """Seed of the rows' bootstrap intervals; :meth:`compare` uses it too."""
 
+    @classmethod
+    def from_sample_scores(
+        cls,
+        scores: Mapping[tuple[str, int | None], Sequence[float]] | Mapping[tuple[str, int], Sequence[float]],
+        *,
+        task: str = "",
+        model_name: str = "",
+        metric_name: str = "",
+        confidence: float = CONFIDENCE,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+    ) -> EvaluationReport:
+        """A report from per-sample scores computed elsewhere (another tool, a saved run, a pooled set of runs).
+
+        Each ``(method, budget)`` key (``budget`` ``None`` for the full cache) becomes a row with the mean, its
+        bootstrap interval (as :func:`evaluate_methods` computes it) and the scores, so :meth:`compare`,
+        :meth:`comparisons`, :meth:`to_table` and :meth:`plot` work as on an evaluated report. Every method
+        must have scored the same samples, in the same order, for :meth:`compare` to pair them. A method that
+        is not ``"full"`` or a heuristic is taken as a learned allocation.
+
+        Example
+        -------
+        >>> report = EvaluationReport.from_sample_scores(
+        ...     {("uniform", 128): [0.0, 100.0, 0.0, 0.0], ("learned", 128): [100.0, 100.0, 0.0, 100.0]}
+        ... )
+        >>> report.row("learned", 128).score, report.compare("learned", 128).difference
+        (75.0, 50.0)
+
+        Raises
+        ------
+        ValueError
+            A method has no scores or a score that is not finite, the full cache has a budget, or another method
+            has none.
+        """
+        from .metrics import bootstrap_ci
+
+        rows = []
+        for (method, budget), values in scores.items():
+            label = "the full cache" if method == "full" else f"{method!r} at budget {budget}"
+            if (method == "full") != (budget is None):
+                # row() matches a row without a budget at every budget: only the full cache may have none.
+                raise ValueError(
+                    f"{label}: key the full cache as ('full', None) and every other method with its mean budget."
+                )
+            values = [float(value) for value in values]
+            if not values:
+                raise ValueError(f"{label} has no scores: pass at least one per method.")
+            if not all(math.isfinite(value) for value in values):
+                raise ValueError(
+                    f"{label} has a score that is not finite (NaN or infinite): check the metric."
+                )
+            score = _mean(values)
+            low: float | None = None
+            high: float | None = None
+            if n_bootstrap > 0:
+                low, high = bootstrap_ci(values, n_resamples=n_bootstrap, confidence=confidence, seed=seed)
+                low, high = min(low, score), max(high, score)  # as evaluate_methods: the score is inside
+            kind = method if method in ("full", *HEURISTIC_METHODS) else "allocation"
+            rows.append(
+                EvaluationRow(
+                    method,
+                    budget,
+                    score,
+                    low,
+                    high,
+                    len(values),
+                    None,
+                    kind=kind,
+                    sample_scores=tuple(values),
+                )
+            )
+        return cls(
+            rows=rows,
+            task=task,
+            model_name=model_name,
+            metric_name=metric_name,
+            confidence=confidence,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+
     @property
     def methods(self) -> list[str]:
         """Method names in the order they were run."""

@@ -127,3 +127,42 @@ def test_query_agnostic_batch_prefills_context_at_true_positions():
     lengths = [len(s.context_ids) for s in samples]
     for row, length in enumerate(lengths):
         assert context_positions[row, -length:].tolist() == list(range(length))
+
+
+@pytest.mark.parametrize("mode", [QUERY_AWARE, QUERY_AGNOSTIC])
+def test_a_snapkv_prefill_serves_streaming_llm_without_a_second_forward(mode):
+    model = tiny_model("llama")
+    samples = encoded_samples(5, mode, seed=3)
+    snapkv_options = CacheOptions(window_size=4, kernel_size=3)
+    streaming_options = CacheOptions(window_size=4, kernel_size=3, policy="streaming")
+    snapkv = PrefillOnceEngine(model, IdTokenizer(), samples, snapkv_options, batch_size=3)
+    # The memory cap leaves all samples but the first to the plain path: it must switch policy too.
+    capped = PrefillOnceEngine(
+        model, IdTokenizer(), samples, snapkv_options, batch_size=3, max_storage_bytes=1
+    )
+    own = PrefillOnceEngine(model, IdTokenizer(), samples, streaming_options, batch_size=3)
+    plain = PlainEngine(model, IdTokenizer(), samples, streaming_options, batch_size=1)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    shared, shared_capped = snapkv.with_policy("streaming"), capped.with_policy("streaming")
+    assert not calls  # no forward
+    for ours, theirs, base in zip(shared.prefilled, own.prefilled, snapkv.prefilled, strict=True):
+        assert ours is not None and theirs is not None and base is not None
+        assert all(torch.equal(a, b) for a, b in zip(ours.rankings, theirs.rankings, strict=True))
+        assert ours.keys is base.keys and ours.values is base.values  # shared, not copied
+    assert shared_capped._fallback is not None and shared_capped._fallback.options.policy == "streaming"
+    differs = False
+    for budgets in CANDIDATES:
+        expected = plain.answers(budgets)
+        assert own.answers(budgets) == expected
+        assert shared.answers(budgets) == expected
+        assert shared_capped.answers(budgets) == expected
+        differs |= snapkv.answers(budgets) != expected
+    assert differs  # the policies answer differently here, so the equalities above say which one ran
+    # The SnapKV engine is unchanged, and a StreamingLLM prefill has no queries to rank with SnapKV.
+    assert snapkv.answers([8, 20, 12]) == PlainEngine(model, IdTokenizer(), samples, snapkv_options).answers(
+        [8, 20, 12]
+    )
+    assert snapkv.with_policy("snapkv") is snapkv
+    with pytest.raises(ValueError, match="observation-window queries"):
+        own.with_policy("snapkv")

@@ -387,6 +387,46 @@ def test_report_table_json_and_best_heuristic() -> None:
     assert report.plot().axes[0].get_xlabel().startswith("mean KV budget")
 
 
+def test_a_report_from_per_sample_scores_computed_elsewhere() -> None:
+    rng = np.random.default_rng(1)
+    uniform = [float(score) for score in rng.integers(0, 2, 40) * 100]
+    learned = [float(score) for score in rng.integers(0, 2, 40) * 100]
+    report = EvaluationReport.from_sample_scores(
+        {("full", None): [100.0] * 40, ("uniform", 64): uniform, ("my_allocation", 64): learned},
+        task="needle",
+        metric_name="acc",
+    )
+    row = report.row("uniform", 64)
+    # The rows' intervals are evaluate_methods' (1,000 resamples, seed 0, the score inside).
+    assert (row.score, row.n, row.sample_scores) == (sum(uniform) / 40, 40, tuple(uniform))
+    assert (row.ci_low, row.ci_high) == bootstrap_ci(uniform, seed=0)
+    assert report.row("full").budget is None and report.row("full").kind == "full"
+    # A method that is neither the full cache nor a heuristic is a learned allocation: comparisons() finds it.
+    assert report.row("my_allocation", 64).kind == "allocation"
+    assert report.comparisons() == [report.compare("my_allocation", 64, "uniform")]
+    by_hand = EvaluationReport(
+        rows=[
+            EvaluationRow("uniform", 64, 0.0, None, None, 40, None, sample_scores=tuple(uniform)),
+            EvaluationRow("my_allocation", 64, 0.0, None, None, 40, None, sample_scores=tuple(learned)),
+        ],
+        task="needle",
+        model_name="",
+        metric_name="acc",
+    )
+    assert report.compare("my_allocation", 64) == by_hand.compare("my_allocation", 64, "uniform")
+    bare = EvaluationReport.from_sample_scores({("uniform", 64): [1.0, 0.0]}, n_bootstrap=0, seed=4)
+    assert bare.row("uniform", 64).ci_low is None and (bare.n_bootstrap, bare.seed) == (0, 4)
+    with pytest.raises(ValueError, match="'uniform' at budget 64 has no scores"):
+        EvaluationReport.from_sample_scores({("uniform", 64): []})
+    with pytest.raises(ValueError, match="'uniform' at budget 64 has a score that is not finite"):
+        EvaluationReport.from_sample_scores({("uniform", 64): [1.0, float("nan")]})
+    # A row without a budget matches every budget in row(): only the full cache may have none.
+    with pytest.raises(ValueError, match=r"'mine' at budget None: key the full cache as \('full', None\)"):
+        EvaluationReport.from_sample_scores({("mine", None): [1.0]})
+    with pytest.raises(ValueError, match="the full cache: key the full cache"):
+        EvaluationReport.from_sample_scores({("full", 128): [1.0]})
+
+
 def test_compare_pairs_the_samples() -> None:
     def row(method: str, scores: list[float], budget: int | None = 64) -> EvaluationRow:
         mean = sum(scores) / len(scores)

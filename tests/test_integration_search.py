@@ -35,6 +35,10 @@ def test_prefill_once_engine_equals_plain_path_on_demo_model(demo_model_and_toke
             BudgetAllocation(budgets=[32 + (i * 37) % 200 for i in range(layers)]),
         ):
             assert fast.answers(allocation.budgets) == plain.answers(allocation.budgets)
+        # The SnapKV prefill serves StreamingLLM too (reproduce.py scores both from one prefill).
+        streaming = PlainEngine(model, tokenizer, samples, CacheOptions(policy="streaming"), batch_size=1)
+        budgets = BudgetAllocation.uniform(layers, 64).budgets
+        assert fast.with_policy("streaming").answers(budgets) == streaming.answers(budgets)
     finally:
         model.set_attn_implementation(previous)
 

@@ -13,8 +13,9 @@ left-padded batch. For greedy decoding its answers are those of
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -244,6 +245,44 @@ class PrefillOnceEngine:
                 rankings.append(None)
         return _Prefilled(keys, values, rankings, len(ids), first_token)
 
+    def with_policy(self, policy: str) -> PrefillOnceEngine:
+        """An engine over the same prefills whose candidates keep what ``policy`` ranks first (no new forward).
+
+        The prefill attends in full whatever the policy, so the stored keys, values and first answer tokens
+        are every policy's; only the ranking of prompt positions differs. StreamingLLM's ranking needs no
+        queries and is recomputed from the stored keys, so one prefill serves SnapKV and StreamingLLM (the
+        answers are those of an engine built with ``policy``). SnapKV's ranking needs the observation-window
+        queries, which only a SnapKV prefill sees. The new engine shares the keys and values; its rankings (one
+        int64 per position, KV head and layer: a few percent of the keys and values) are new and not counted in
+        ``stored_bytes``.
+
+        Example
+        -------
+        >>> snapkv = PrefillOnceEngine(model, tokenizer, samples, CacheOptions())  # doctest: +SKIP
+        >>> streaming = snapkv.with_policy("streaming")  # doctest: +SKIP
+        """
+        if policy == self.options.policy:
+            return self
+        if ScoringOptions(policy=policy).needs_queries:
+            raise ValueError(
+                f"An engine prefilled for {self.options.policy!r} cannot rank positions with {policy!r}: that needs "
+                f"the prefill's observation-window queries. Build PrefillOnceEngine with CacheOptions(policy="
+                f"{policy!r}) and call with_policy on it instead."
+            )
+        options = replace(self.options, policy=policy)
+        scoring = ScoringOptions(**options.as_kwargs())
+        engine = copy.copy(self)
+        engine.options = options
+        engine.prefilled = [
+            None if entry is None else replace(entry, rankings=_rankings(entry, scoring))
+            for entry in self.prefilled
+        ]
+        if self._fallback is not None:
+            engine._fallback = PlainEngine(
+                self.model, self.tokenizer, self._fallback.samples, options, batch_size=self.batch_size
+            )
+        return engine
+
     # ------------------------------------------------------------------ candidates
     def answers(self, budgets: Sequence[int], progress: Progress | None = None) -> list[str]:
         """Greedy answers of every sample under ``budgets`` (one int per layer)."""
@@ -335,6 +374,18 @@ class PrefillOnceEngine:
             [_left_pad_entries(p.unsqueeze(-1), stored).squeeze(-1) for p in kept_positions]
         )
         layer.load_compressed(keys_batch, values_batch, positions_batch.to(device), seen)
+
+
+def _rankings(entry: _Prefilled, options: ScoringOptions) -> list[torch.Tensor | None]:
+    """``entry``'s per-layer rankings of prefix positions under a policy that scores without queries."""
+    layer = EvolKVLayer(budget=0, options=options)
+    window = min(options.window_size, entry.length)
+    return [
+        None
+        if keys is None or old is None
+        else rank_positions(layer.score_prefix(keys, None, window)).to(old.device)
+        for keys, old in zip(entry.keys, entry.rankings, strict=True)
+    ]
 
 
 def _left_pad_entries(states: torch.Tensor, length: int) -> torch.Tensor:
