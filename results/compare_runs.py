@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evolkv_hf.evaluation import EvaluationReport, EvaluationRow
+from evolkv_hf.evaluation import EvaluationReport
 
 ROOT = Path(__file__).parent
 SAME_SAMPLES = ("task", "context_length", "search_samples", "eval_samples", "depth_split")
@@ -85,13 +85,11 @@ def compare(
         if key not in per_sample:
             raise SystemExit(f"{run} has no scores for {key}; it has {sorted(per_sample)}")
         values.append(per_sample[key])
-    rows = [
-        EvaluationRow(label, budget, sum(v) / len(v), None, None, len(v), None, sample_scores=tuple(v))
-        for label, v in zip(("first", "second"), values, strict=True)
-    ]
-    item = EvaluationReport(rows=rows, task="", model_name="", metric_name="").compare(
-        "first", budget, "second"
+    report = EvaluationReport.from_sample_scores(
+        {("first", budget): values[0], ("second", budget): values[1]}, n_bootstrap=0
     )
+    rows = [report.row("first", budget), report.row("second", budget)]
+    item = report.compare("first", budget, "second")
     return {
         "budget": budget,
         "first": round(rows[0].score, 2),

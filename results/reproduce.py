@@ -19,7 +19,8 @@ For one task on the demo model (SmolLM2-135M-Instruct):
 4. merges the rows into ``results/summary.json`` and writes a score-vs-budget plot.
 
 The held-out evaluation uses the prefill-once engine (identical answers to ``generate`` with an
-``EvolKVCache``; tested), in chunks of ``--chunk`` samples to bound memory.
+``EvolKVCache``; tested), in chunks of ``--chunk`` samples to bound memory, with one prefill of each sample for
+every method (StreamingLLM ranks from the SnapKV prefill: ``PrefillOnceEngine.with_policy``).
 
 Usage::
 
@@ -45,7 +46,7 @@ from tables import plot_scores  # results/tables.py, beside this script
 
 from evolkv_hf import BudgetAllocation
 from evolkv_hf.demo import DEMO_MODEL_ID, load_demo_model
-from evolkv_hf.evaluation import EvaluationReport, EvaluationRow
+from evolkv_hf.evaluation import EvaluationReport
 from evolkv_hf.inference import encode_samples
 from evolkv_hf.metrics import bootstrap_ci, load_metric, per_sample_scores
 from evolkv_hf.search import BudgetSearcher, CacheOptions, PrefillOnceEngine, SearchArguments
@@ -551,32 +552,55 @@ def evaluate(
     partial_metric = TASKS[args.task].partial_credit_metric
     scores: dict[tuple[str, int], list[float]] = {}
     partial: dict[tuple[str, int], list[float]] = {}
+    if not methods:
+        return scores, partial
     samples = encode_samples(held_out, tokenizer)
     references = [list(a) for a in held_out["answers"]]
     layers = model.config.num_hidden_layers
     for start in range(0, len(samples), args.chunk):
         chunk, refs = samples[start : start + args.chunk], references[start : start + args.chunk]
         longest = max(len(s.prompt_ids) for s in chunk)
-        for policy in ("snapkv", "streaming"):
-            engine = PrefillOnceEngine(
-                model, tokenizer, chunk, CacheOptions(policy=policy), batch_size=args.batch_size
-            )
-            for method, per_budget in methods.items():
-                if (method == "streaming") != (policy == "streaming"):
-                    continue
-                for budget, budgets in per_budget.items():
-                    if method == "full":
-                        budgets = [longest] * layers
-                    answers = engine.answers(budgets)
-                    scores.setdefault((method, budget), []).extend(per_sample_scores(metric, answers, refs))
-                    partial.setdefault((method, budget), []).extend(
-                        per_sample_scores(partial_metric, answers, refs)
-                    )
-            del engine
+        # One prefill per sample serves every policy: StreamingLLM's ranking is recomputed from a SnapKV prefill.
+        policies = {"streaming" if method == "streaming" else "snapkv" for method in methods}
+        prefilled = PrefillOnceEngine(
+            model,
+            tokenizer,
+            chunk,
+            CacheOptions(policy="snapkv" if "snapkv" in policies else "streaming"),
+            batch_size=args.batch_size,
+        )
+        engines = {policy: prefilled.with_policy(policy) for policy in sorted(policies)}
+        for method, per_budget in methods.items():
+            for budget, budgets in per_budget.items():
+                if method == "full":
+                    budgets = [longest] * layers
+                answers = engines["streaming" if method == "streaming" else "snapkv"].answers(budgets)
+                scores.setdefault((method, budget), []).extend(per_sample_scores(metric, answers, refs))
+                partial.setdefault((method, budget), []).extend(
+                    per_sample_scores(partial_metric, answers, refs)
+                )
+        del prefilled, engines  # no other reference: the chunk's prefills are freed before the next one
         print(
             f"  evaluated {min(start + args.chunk, len(samples))}/{len(samples)} held-out samples", flush=True
         )
     return scores, partial
+
+
+def baseline_methods(
+    layers: int, budgets: list[int], names: tuple[str, ...] = ("full", *HEURISTICS)
+) -> dict[str, dict[int, list[int]]]:
+    """The per-layer budgets of the full cache (under budget 0, resolved by :func:`evaluate`) and of the heuristics
+    ``names`` at each budget: :func:`evaluate`'s ``methods`` before the learned allocations are added."""
+    methods: dict[str, dict[int, list[int]]] = {"full": {0: []}} if "full" in names else {}
+    for budget in budgets:
+        for name in names:
+            if name in ("uniform", "streaming"):  # StreamingLLM: the same budgets under another policy
+                methods.setdefault(name, {})[budget] = BudgetAllocation.uniform(layers, budget).budgets
+            elif name == "pyramid":
+                methods.setdefault(name, {})[budget] = BudgetAllocation.pyramid(layers, budget).budgets
+            elif name != "full":
+                raise ValueError(f"unknown method {name!r}: expected full or one of {', '.join(HEURISTICS)}")
+    return methods
 
 
 def check_published_run(args: argparse.Namespace, summary_path: Path) -> None:
@@ -605,11 +629,7 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    methods: dict[str, dict[int, list[int]]] = {"full": {0: []}}
-    for budget in budgets:
-        methods.setdefault("uniform", {})[budget] = BudgetAllocation.uniform(layers, budget).budgets
-        methods.setdefault("pyramid", {})[budget] = BudgetAllocation.pyramid(layers, budget).budgets
-        methods.setdefault("streaming", {})[budget] = BudgetAllocation.uniform(layers, budget).budgets
+    methods = baseline_methods(layers, budgets)
     search_info = {}
     for seed in seeds:
         print(f"search seed {seed}", flush=True)
@@ -746,21 +766,10 @@ def paired_comparisons(
     spread that comes from which samples were drawn, which the two separate intervals of the table count
     twice.
     """
-    rows = [
-        EvaluationRow(
-            method,
-            budget,
-            sum(values) / len(values),
-            None,
-            None,
-            len(values),
-            None,
-            sample_scores=tuple(values),
-        )
-        for (method, budget), values in scores.items()
-        if budget  # the full cache (budget 0) is never a baseline here
-    ]
-    report = EvaluationReport(rows=rows, task="", model_name="", metric_name="")
+    # The full cache (budget 0) is never a baseline here; the rows' own intervals are not needed.
+    report = EvaluationReport.from_sample_scores(
+        {key: values for key, values in scores.items() if key[1]}, n_bootstrap=0
+    )
     comparisons = []
     for budget in budgets:
         heuristics = [

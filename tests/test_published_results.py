@@ -47,6 +47,26 @@ def saved_search(budget: int, metric: str, extra: dict[str, object]) -> BudgetAl
     )
 
 
+def fake_evaluation(
+    monkeypatch: pytest.MonkeyPatch, engine: type, prompt_length: int
+) -> tuple[object, argparse.Namespace]:
+    """Patch ``reproduce.evaluate``'s engine and encoding for 3 held-out samples of ``prompt_length`` tokens;
+    the model (2 layers) and arguments (chunks of 2) to call it with. ``reproduce`` must be importable (the
+    ``search_name`` fixture puts it on the path)."""
+    import types
+
+    import reproduce
+
+    monkeypatch.setattr(reproduce, "PrefillOnceEngine", engine)
+    monkeypatch.setattr(
+        reproduce,
+        "encode_samples",
+        lambda held_out, tokenizer: [types.SimpleNamespace(prompt_ids=[0] * prompt_length)] * 3,
+    )
+    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=2))
+    return model, argparse.Namespace(task="niah_single", chunk=2, batch_size=2)
+
+
 def test_there_are_published_results() -> None:
     assert len(ALLOCATIONS) >= 2 and len(RUNS) >= 1
 
@@ -202,7 +222,6 @@ def test_a_later_sweep_in_another_dtype_or_length_is_named_apart(search_name: ob
 def test_the_evaluation_also_records_the_search_metric_held_out(
     search_name: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import types
 
     import reproduce
 
@@ -210,18 +229,14 @@ def test_the_evaluation_also_records_the_search_metric_held_out(
         def __init__(self, model, tokenizer, chunk, options, batch_size):
             self.count = len(chunk)
 
+        def with_policy(self, policy):
+            return self
+
         def answers(self, budgets):
             # A larger budget retrieves the whole needle, a smaller one part of it.
             return ["1234567" if budgets[0] >= 100 else "1234" for _ in range(self.count)]
 
-    monkeypatch.setattr(reproduce, "PrefillOnceEngine", FakeEngine)
-    monkeypatch.setattr(
-        reproduce,
-        "encode_samples",
-        lambda held_out, tokenizer: [types.SimpleNamespace(prompt_ids=[0] * 200)] * 3,
-    )
-    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=2))
-    args = argparse.Namespace(task="niah_single", chunk=2, batch_size=2)
+    model, args = fake_evaluation(monkeypatch, FakeEngine, prompt_length=200)
     methods = {"full": {0: []}, "uniform": {64: [64, 64], 128: [128, 128]}}
     scores, partial = reproduce.evaluate(args, model, None, {"answers": [["1234567"]] * 3}, methods)
     assert scores[("uniform", 64)] == [0.0] * 3 and scores[("uniform", 128)] == [100.0] * 3
