@@ -45,6 +45,7 @@ from reproduce import (  # results/reproduce.py, beside this script
     git_commit,
     paired_comparisons,
     positive_int,
+    sample_key,
     search_name,
     summary_text,
 )
@@ -80,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         default="full,uniform,pyramid,evolkv",
         help="comma-separated: full, uniform, pyramid, streaming, and evolkv (every learned allocation the run "
-        "scored); StreamingLLM needs a second prefill of every sample, so it is left out by default",
+        "scored); StreamingLLM, not one of the baselines the project's goal compares with, is left out by default "
+        "(it adds decoding time only: it ranks from the same prefill)",
     )
     parser.add_argument("--chunk", type=positive_int, help="samples prefilled at once (default: the run's)")
     parser.add_argument(
@@ -157,26 +159,27 @@ def learned_methods(
     return learned
 
 
-def requested_methods(
-    text: str, budgets: list[int], layers: int, learned: dict[str, BudgetAllocation]
-) -> dict[str, dict[int, list[int]]]:
-    """``--methods`` as ``evaluate``'s ``{method: {budget: per-layer budgets}}`` (the full cache under 0)."""
+def parse_methods(text: str) -> list[str]:
+    """``--methods`` as a list of names, with an error that names the unknown ones."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = sorted(set(names) - {"full", "evolkv", *HEURISTICS})
     if unknown or not names:
         raise SystemExit(
             f"--methods: unknown {unknown or text!r}; choose from full, {', '.join(HEURISTICS)}, evolkv"
         )
+    return names
+
+
+def requested_methods(
+    names: list[str], budgets: list[int], layers: int, learned: dict[str, BudgetAllocation]
+) -> dict[str, dict[int, list[int]]]:
+    """The names of :func:`parse_methods` as ``evaluate``'s ``{method: {budget: per-layer budgets}}`` (the full
+    cache under 0; ``evolkv``: every allocation of ``learned``)."""
     methods = baseline_methods(layers, budgets, tuple(name for name in names if name != "evolkv"))
     if "evolkv" in names:
         for method, allocation in learned.items():
             methods[method] = {budget: allocation.rescale(budget).budgets for budget in budgets}
     return methods
-
-
-def sample_key(method: str, budget: int) -> str:
-    """A method at a budget as in ``summary.json``'s ``per_sample`` (``full@full`` for the full cache)."""
-    return f"{method}@{budget or 'full'}"
 
 
 def parse_key(key: str) -> tuple[str, int]:
@@ -378,9 +381,9 @@ def main() -> None:
 
     model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype))
     layers = model.config.num_hidden_layers
-    wants_learned = "evolkv" in [name.strip() for name in options.methods.split(",")]
-    learned = learned_methods(options.run, published, args) if wants_learned else {}
-    methods = requested_methods(options.methods, budgets, layers, learned)
+    names = parse_methods(options.methods)
+    learned = learned_methods(options.run, published, args) if "evolkv" in names else {}
+    methods = requested_methods(names, budgets, layers, learned)
     check_saved(saved, args, methods)
     for draw in draws:
         first, last = draw_rows(args, draw)
@@ -416,9 +419,7 @@ def main() -> None:
         print(
             f"draw {draw}: scored in {entry['runs'][-1]['eval_seconds']} s, saved to {path.name}", flush=True
         )
-    if saved["draws"]:
-        if not path.is_file():
-            saved = save(path, saved, published)
+    if saved["draws"]:  # in the file, with their statistics: save() wrote them, now or before
         print(report_text(saved["statistics"]))
         print(f"{path} holds draws {', '.join(sorted(saved['draws'], key=int))}")
 

@@ -557,24 +557,21 @@ def evaluate(
     samples = encode_samples(held_out, tokenizer)
     references = [list(a) for a in held_out["answers"]]
     layers = model.config.num_hidden_layers
+    # One prefill per sample serves every policy: StreamingLLM's ranking is recomputed from a SnapKV prefill.
+    policy_of = {method: "streaming" if method == "streaming" else "snapkv" for method in methods}
+    prefill_policy = "snapkv" if "snapkv" in policy_of.values() else "streaming"
     for start in range(0, len(samples), args.chunk):
         chunk, refs = samples[start : start + args.chunk], references[start : start + args.chunk]
         longest = max(len(s.prompt_ids) for s in chunk)
-        # One prefill per sample serves every policy: StreamingLLM's ranking is recomputed from a SnapKV prefill.
-        policies = {"streaming" if method == "streaming" else "snapkv" for method in methods}
         prefilled = PrefillOnceEngine(
-            model,
-            tokenizer,
-            chunk,
-            CacheOptions(policy="snapkv" if "snapkv" in policies else "streaming"),
-            batch_size=args.batch_size,
+            model, tokenizer, chunk, CacheOptions(policy=prefill_policy), batch_size=args.batch_size
         )
-        engines = {policy: prefilled.with_policy(policy) for policy in sorted(policies)}
+        engines = {policy: prefilled.with_policy(policy) for policy in sorted(set(policy_of.values()))}
         for method, per_budget in methods.items():
             for budget, budgets in per_budget.items():
                 if method == "full":
                     budgets = [longest] * layers
-                answers = engines["streaming" if method == "streaming" else "snapkv"].answers(budgets)
+                answers = engines[policy_of[method]].answers(budgets)
                 scores.setdefault((method, budget), []).extend(per_sample_scores(metric, answers, refs))
                 partial.setdefault((method, budget), []).extend(
                     per_sample_scores(partial_metric, answers, refs)
@@ -584,6 +581,11 @@ def evaluate(
             f"  evaluated {min(start + args.chunk, len(samples))}/{len(samples)} held-out samples", flush=True
         )
     return scores, partial
+
+
+def sample_key(method: str, budget: int) -> str:
+    """A method at a budget as in ``summary.json``'s ``per_sample`` (``full@full`` for the full cache, budget 0)."""
+    return f"{method}@{budget or 'full'}"
 
 
 def baseline_methods(
@@ -717,14 +719,14 @@ def main() -> None:
         "paired": comparisons,
         # Per-sample scores, in held-out order, so that other comparisons can be computed later.
         "per_sample": {
-            f"{method}@{budget or 'full'}": values for (method, budget), values in sorted(scores.items())
+            sample_key(method, budget): values for (method, budget), values in sorted(scores.items())
         },
         # The mean held-out score under the task's partial-credit metric (the search-set score of a search that
         # maximised it is in "searches"): how much of the search-set gain carries to unseen samples.
         "partial_credit": {
             "metric": TASKS[args.task].partial_credit_metric,
             "scores": {
-                f"{method}@{budget or 'full'}": round(sum(values) / len(values), 2)
+                sample_key(method, budget): round(sum(values) / len(values), 2)
                 for (method, budget), values in sorted(partial.items())
             },
         },

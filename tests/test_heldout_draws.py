@@ -111,15 +111,15 @@ def test_methods_expand_to_budgets_and_only_the_missing_ones_are_scored(draws: A
     import reproduce
 
     learned = {"evolkv_seed0": BudgetAllocation.pyramid(4, 128)}
-    methods = draws.requested_methods("full,uniform,evolkv", [128, 256], 4, learned)
+    methods = draws.requested_methods(draws.parse_methods("full,uniform,evolkv"), [128, 256], 4, learned)
     assert methods == {
         "full": {0: []},
         "uniform": {128: [128] * 4, 256: [256] * 4},
         "evolkv_seed0": {b: learned["evolkv_seed0"].rescale(b).budgets for b in (128, 256)},
     }
-    assert "streaming" in draws.requested_methods("streaming", [128], 4, learned)
+    assert "streaming" in draws.requested_methods(draws.parse_methods("streaming"), [128], 4, learned)
     with pytest.raises(SystemExit, match="unknown \\['snapkv'\\]"):
-        draws.requested_methods("uniform,snapkv", [128], 4, learned)
+        draws.parse_methods("uniform,snapkv")
     scored = {"full@full": [1.0], "uniform@128": [0.0]}
     assert draws.missing_methods(methods, scored) == {
         "uniform": {256: [256] * 4},
