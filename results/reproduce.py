@@ -7,10 +7,12 @@ For one task on the demo model (SmolLM2-135M-Instruct):
 2. for each seed, searches an allocation at ``--target-budget`` (EvolKV: group-wise CMA-ES, the task's
    partial-credit metric as f(S), or with ``--fitness exact+partial`` the task's metric plus 0.1 x
    the partial-credit metric) unless ``results/allocations/<name>/`` already holds it, and saves it
-   there with its model card; a search stopped part-way continues from its latest checkpoint in
+   there with its model card (each layer's budget at most ``--max-budget``, default 4 x the target); a search
+   stopped part-way continues from its latest checkpoint in
    ``results/runs/<name>/`` when the command is run again; with ``--sweeps N`` each seed's search is
    followed by ``N - 1`` more sweeps over the layer groups, each started from the previous allocation
-   (``--sweep-generations``, ``--first-sweep-dtype``, ``--first-sweep-fitness``, ``--earlier-sweep-samples``),
+   (``--sweep-generations``, ``--first-sweep-dtype``, ``--first-sweep-fitness``, ``--earlier-sweep-samples``,
+   ``--earlier-sweep-max-budget``),
    and every sweep's allocation is evaluated (with ``--evaluate-earlier-sweeps previous`` only the last two);
 3. expands each allocation to the other ``--budgets`` by rescaling (no new search) and evaluates, on the
    held-out samples, the full cache, uniform SnapKV, PyramidKV, StreamingLLM and every EvolKV allocation
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import re
 import subprocess
@@ -121,7 +124,8 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     :func:`samples_label`) only when it is not the paper's 30, so the published names stay;
     so do the sweeps (``__g15x2``: a second sweep over the groups, started from the first's allocation;
     ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, the sweep's
-    fitness (``__exactfit``) only when it is not ``partial`` and the sweep's dtype (``__float32``, before
+    fitness (``__exactfit``) only when it is not ``partial``, the sweep's largest per-layer budget (``__cap2048``)
+    only when it is not the default ``4 x --target-budget`` and the sweep's dtype (``__float32``, before
     ``__seed<n>``) only when it is not bfloat16. The name of a later sweep does not say which dtype or fitness
     the earlier ones ran with: their allocations' provenance does (a reused sweep whose ``initial_allocation``
     differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
@@ -134,7 +138,7 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     dtype = "" if sweep_dtype(args, sweep) == "bfloat16" else f"__{sweep_dtype(args, sweep)}"
     return (
         f"{args.task}__c{args.target_budget}__{args.constraint}__g{sweeps_label(args, sweep)}{samples}{split}"
-        f"{fitness}{dtype}__seed{seed}"
+        f"{fitness}{cap_label(args, sweep)}{dtype}__seed{seed}"
     )
 
 
@@ -154,23 +158,43 @@ def sweep_generations(args: argparse.Namespace) -> int:
     return getattr(args, "sweep_generations", None) or args.generations
 
 
+def sweep_sizes(text: str) -> int | str:
+    """An argparse type for ``--earlier-sweep-samples``: one size (an ``int``, as every published run recorded it)
+    or one per sweep before the last, comma-separated (kept as the normalised text, e.g. ``"30,30,60"``)."""
+    sizes = [positive_int(part) for part in str(text).split(",")]
+    return sizes[0] if len(sizes) == 1 else ",".join(map(str, sizes))
+
+
+def earlier_sweep_sizes(args: argparse.Namespace) -> list[int] | None:
+    """``--earlier-sweep-samples`` as a list: one size for every sweep before the last, or one per such sweep."""
+    earlier = getattr(args, "earlier_sweep_samples", None)
+    return None if earlier is None else [int(part) for part in str(earlier).split(",")]
+
+
 def sweep_samples(args: argparse.Namespace, sweep: int) -> int:
-    """The search-set size of sweep ``sweep``: ``--earlier-sweep-samples`` for every sweep before the last
-    (default ``--search-samples``), else ``--search-samples``.
+    """The search-set size of sweep ``sweep``: ``--earlier-sweep-samples`` for the sweeps before the last (one
+    size for all, or one per sweep; default ``--search-samples``), else ``--search-samples``.
 
     The smaller set holds the same rows as the start of the larger one (a sample depends only on its row and
     its depth: the same needles and haystacks, which tasks with depths place at other depths in a set of
     another size), so the held-out rows, from ``--search-samples`` on, are in neither."""
-    earlier = getattr(args, "earlier_sweep_samples", None)
-    return earlier if earlier is not None and sweep < getattr(args, "sweeps", 1) else args.search_samples
+    sizes = earlier_sweep_sizes(args)
+    if sizes is None or sweep >= getattr(args, "sweeps", 1):
+        return args.search_samples
+    return sizes[0] if len(sizes) == 1 else sizes[sweep - 1]
 
 
 def samples_label(args: argparse.Namespace, sweep: int) -> str:
     """The search-set sizes of sweeps ``1 .. sweep`` in names and run keys: ``60`` when every one searched 60
     samples, ``30+60`` for a sweep on 60 after sweeps on 30 (``--earlier-sweep-samples``), so that such a run
-    is not named as one that searched 60 samples in every sweep."""
-    last, earlier = sweep_samples(args, sweep), sweep_samples(args, 1)
-    return f"{last}" if earlier == last else f"{earlier}+{last}"
+    is not named as one that searched 60 samples in every sweep, and every size (``30+30+60+60``) when the
+    sweeps before this one differ among themselves. A label names one sequence of sizes only."""
+    sizes = [sweep_samples(args, k) for k in range(1, sweep + 1)]
+    if len(set(sizes)) == 1:
+        return f"{sizes[-1]}"
+    if len(set(sizes[:-1])) == 1:
+        return f"{sizes[0]}+{sizes[-1]}"
+    return "+".join(map(str, sizes))
 
 
 def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
@@ -185,6 +209,27 @@ def sweep_fitness(args: argparse.Namespace, sweep: int) -> str:
     else ``--fitness``. Names of searches with ``exact+partial`` carry ``__exactfit``."""
     first = getattr(args, "first_sweep_fitness", None)
     return first if sweep == 1 and first else getattr(args, "fitness", "partial")
+
+
+def default_max_budget(args: argparse.Namespace) -> int:
+    """``SearchArguments``' default largest per-layer budget, ``4 x --target-budget`` (every published search
+    before ``--max-budget``)."""
+    return math.ceil(4 * args.target_budget)
+
+
+def sweep_max_budget(args: argparse.Namespace, sweep: int) -> int:
+    """The largest per-layer budget sweep ``sweep`` may give a layer: ``--earlier-sweep-max-budget`` for every
+    sweep before the last (default ``--max-budget``), else ``--max-budget`` (default ``4 x --target-budget``)."""
+    last = getattr(args, "max_budget", None) or default_max_budget(args)
+    earlier = getattr(args, "earlier_sweep_max_budget", None)
+    return earlier if earlier is not None and sweep < getattr(args, "sweeps", 1) else last
+
+
+def cap_label(args: argparse.Namespace, sweep: int) -> str:
+    """A sweep's largest per-layer budget in names and run keys: nothing for the default ``4 x --target-budget``
+    (every published name stays), else ``__cap<n>``."""
+    cap = sweep_max_budget(args, sweep)
+    return "" if cap == default_max_budget(args) else f"__cap{cap}"
 
 
 def fitness_label(fitness: str) -> str:
@@ -314,11 +359,27 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--earlier-sweep-samples",
-        type=positive_int,
+        type=sweep_sizes,
         default=None,
         help="the search-set size of every sweep before the last, which must then already be in allocations/ "
         "(default: --search-samples): to continue a published 30-sample search with a last sweep on more "
-        "samples; at most --search-samples, so that no earlier sweep's sample is held out",
+        "samples; or one size per sweep before the last, comma-separated (30,30,60: a fourth sweep after the "
+        "published 60-sample third one); at most --search-samples, so that no earlier sweep's sample is held out",
+    )
+    parser.add_argument(
+        "--max-budget",
+        type=positive_int,
+        default=None,
+        help="the largest budget a search may give one layer (SearchArguments.max_budget; default 4 x "
+        "--target-budget, every published search before this option): a layer the searches keep at the cap may "
+        "need more. The expansion to the other --budgets rescales without a cap",
+    )
+    parser.add_argument(
+        "--earlier-sweep-max-budget",
+        type=positive_int,
+        default=None,
+        help="the largest per-layer budget of every sweep before the last (default: --max-budget): to continue "
+        "a published search with a last sweep that may give a layer more",
     )
     parser.add_argument(
         "--first-sweep-fitness",
@@ -335,13 +396,30 @@ def check_sweep_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--sweep-generations sets the sweeps after the first: give --sweeps 2 or more")
     if args.earlier_sweep_samples is not None and args.sweeps == 1:
         parser.error("--earlier-sweep-samples sets the sweeps before the last: give --sweeps 2 or more")
-    if args.earlier_sweep_samples is not None and args.earlier_sweep_samples > args.search_samples:
+    sizes = earlier_sweep_sizes(args) or []
+    if len(sizes) > 1 and len(sizes) != args.sweeps - 1:
+        parser.error(
+            f"--earlier-sweep-samples {args.earlier_sweep_samples} gives {len(sizes)} sizes for {args.sweeps - 1} "
+            "sweeps before the last: give one size for all of them, or one per sweep"
+        )
+    if any(size > args.search_samples for size in sizes):
         # The held-out samples are the rows after --search-samples: rows an earlier sweep searched on would be
         # among them.
         parser.error(
             f"--earlier-sweep-samples {args.earlier_sweep_samples} is more than --search-samples "
             f"{args.search_samples}: the earlier sweeps' extra samples would be held out"
         )
+    if args.earlier_sweep_max_budget is not None and args.sweeps == 1:
+        parser.error("--earlier-sweep-max-budget sets the sweeps before the last: give --sweeps 2 or more")
+    for option, cap in (
+        ("--max-budget", args.max_budget),
+        ("--earlier-sweep-max-budget", args.earlier_sweep_max_budget),
+    ):
+        if cap is not None and cap < args.target_budget:
+            parser.error(
+                f"{option} {cap} is below --target-budget {args.target_budget}: no allocation could reach the "
+                "target mean"
+            )
     if args.first_sweep_fitness is not None and args.sweeps == 1:
         parser.error(
             "--first-sweep-fitness differs from --fitness only with later sweeps: give --sweeps 2 or more"
@@ -406,6 +484,7 @@ def search_sweep(
             **origin,
             "dtype": sweep_dtype(args, sweep),
             "metric": metric_key(search_metric(args, sweep)),
+            "max_budget": sweep_max_budget(args, sweep),
         }
         saved = {
             "search_num_samples": allocation.search_num_samples,
@@ -422,6 +501,8 @@ def search_sweep(
             # Every published search before the dtype was recorded ran in bfloat16.
             "dtype": allocation.extra.get("dtype", "bfloat16"),
             "metric": allocation.metric_name,
+            # Every published search before the largest budget was recorded had the default one.
+            "max_budget": allocation.extra.get("max_budget", default_max_budget(args)),
         }
         if saved != wanted:
             raise SystemExit(
@@ -454,6 +535,7 @@ def search_sweep(
         population_size=args.population,
         generations_per_group=args.generations if sweep == 1 else sweep_generations(args),
         constraint=args.constraint,
+        max_budget=sweep_max_budget(args, sweep),
         seed=seed,
         eval_batch_size=args.batch_size,
         save_total_limit=1,
@@ -488,6 +570,7 @@ def search_sweep(
             **result.allocation.extra,
             **origin,
             "dtype": sweep_dtype(args, sweep),
+            "max_budget": sweep_max_budget(args, sweep),
             "search_seconds": round(seconds, 1),
             "context_length": args.context_length,
             "depth_split": args.depth_split,
@@ -803,7 +886,8 @@ def run_key(args: argparse.Namespace) -> str:
     held-out size and dtype (population, group size and seeds are in the run's settings).
 
     The held-out size appears (``__e400``) only when it is not 200, the sweeps (``__g15x2``, ``__g15+8``) only when
-    more than one, the fitness of the last sweep (``__exactfit``) only when it is not ``partial`` and the dtype
+    more than one, the fitness of the last sweep (``__exactfit``) only when it is not ``partial``, its largest
+    per-layer budget (``__cap2048``) only when it is not ``4 x --target-budget`` and the dtype
     (``__float32``) only when it is not bfloat16, so the published keys stay.
     """
     return (
@@ -812,6 +896,7 @@ def run_key(args: argparse.Namespace) -> str:
         + f"__s{samples_label(args, getattr(args, 'sweeps', 1))}"
         + ("__stratified" if args.depth_split == "stratified" else "")
         + fitness_label(getattr(args, "fitness", "partial"))
+        + cap_label(args, getattr(args, "sweeps", 1))
         + ("" if args.eval_samples == 200 else f"__e{args.eval_samples}")
         + ("" if getattr(args, "dtype", "bfloat16") == "bfloat16" else f"__{args.dtype}")
     )

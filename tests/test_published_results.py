@@ -585,3 +585,154 @@ def test_compare_runs_pairs_two_runs_only_on_the_same_samples(search_name: objec
         compare_runs.check_same_samples(SUMMARY, run, "niah_single__2048__c128__penalty__g15__s30")
     with pytest.raises(argparse.ArgumentTypeError, match="RUN:METHOD"):
         compare_runs.parse_method("evolkv_seed0")
+
+
+def test_a_sweep_with_a_larger_cap_is_named_apart_and_searched_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_name: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+    import types
+
+    import reproduce
+
+    args = reproduce.parse_args(
+        shlex.split(
+            "--sweeps 2 --generations 15 --sweep-generations 8 --max-budget 2048 --earlier-sweep-max-budget 512"
+        )
+    )
+    assert [reproduce.sweep_max_budget(args, sweep) for sweep in (1, 2)] == [512, 2048]
+    # The first sweep has the default cap (4 x 128): its published name stays; only the last says its cap.
+    assert reproduce.search_name(args, 0, 1) == "niah_single__c128__penalty__g15__seed0"
+    assert reproduce.search_name(args, 0, 2) == "niah_single__c128__penalty__g15+8__cap2048__seed0"
+    assert reproduce.run_key(args) == "niah_single__2048__c128__penalty__g15+8__s30__cap2048"
+    assert reproduce.run_key(reproduce.parse_args(["--max-budget", "512"])) == reproduce.run_key(
+        reproduce.parse_args([])
+    )
+    # Each sweep is searched with its own cap, which its allocation records.
+    searched: list[int] = []
+
+    class FakeSearcher:
+        def __init__(self, model, search_args, train, processing_class, metric):
+            searched.append(search_args.max_budget)
+
+        def search(self, resume_from_checkpoint=None):
+            return types.SimpleNamespace(allocation=saved_search(128, "edit_sim", {}))
+
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    monkeypatch.setattr(reproduce, "BudgetSearcher", FakeSearcher)
+    first, _ = reproduce.search_sweep(args, None, None, None, 0, 1, None)
+    initial = reproduce.search_name(args, 0, 1)
+    last, _ = reproduce.search_sweep(args, None, None, None, 0, 2, initial)
+    assert searched == [512, 2048]
+    assert (first.extra["max_budget"], last.extra["max_budget"]) == (512, 2048)
+    # A saved sweep is reused only with the cap it was searched with; one saved before the cap was recorded had
+    # the default.
+    reproduce.search_sweep(args, None, None, None, 0, 2, initial)
+    assert searched == [512, 2048]
+    # A saved sweep is refused under a name whose cap it was not searched with ...
+    args.max_budget = 1024
+    last.save_pretrained(tmp_path / "allocations" / reproduce.search_name(args, 0, 2))
+    with pytest.raises(SystemExit, match="'max_budget': 2048"):
+        reproduce.search_sweep(args, None, None, None, 0, 2, initial)
+    # ... and one saved before the cap was recorded had the default, 4 x --target-budget.
+    unrecorded = dataclasses.replace(first, extra={k: v for k, v in first.extra.items() if k != "max_budget"})
+    unrecorded.save_pretrained(tmp_path / "allocations" / initial, overwrite=True)
+    reproduce.search_sweep(args, None, None, None, 0, 1, None)
+    one = reproduce.parse_args(["--max-budget", "2048"])
+    unrecorded.save_pretrained(tmp_path / "allocations" / reproduce.search_name(one, 0))
+    with pytest.raises(SystemExit, match="'max_budget': 512"):
+        reproduce.search_sweep(one, None, None, None, 0, 1, None)
+    assert searched == [512, 2048]
+    for argv, message in [
+        (["--earlier-sweep-max-budget", "512"], "sets the sweeps before the last"),
+        (["--max-budget", "100"], "below --target-budget 128"),
+        (["--sweeps", "2", "--earlier-sweep-max-budget", "64"], "below --target-budget 128"),
+    ]:
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_earlier_sweeps_may_each_have_their_own_search_set_size(
+    search_name: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import reproduce
+
+    args = reproduce.parse_args(
+        shlex.split(
+            "--search-samples 60 --earlier-sweep-samples 30,30,60 --generations 15 --sweeps 4 --sweep-generations 8 "
+            "--first-sweep-dtype bfloat16 --first-sweep-fitness partial --fitness exact+partial --dtype float32 "
+            "--depth-split stratified --constraint project"
+        )
+    )
+    assert [reproduce.sweep_samples(args, sweep) for sweep in (1, 2, 3, 4)] == [30, 30, 60, 60]
+    # The third sweep is the published one (60 samples after two on 30), under its published name ...
+    assert (
+        reproduce.search_name(args, 0, 3)
+        == "niah_single__c128__project__g15+8x2__s30+60__stratified__exactfit__float32__seed0"
+    )
+    # ... and the fourth is not named like a sweep on 60 after three on 30.
+    assert (
+        reproduce.search_name(args, 0, 4)
+        == "niah_single__c128__project__g15+8x3__s30+30+60+60__stratified__exactfit__float32__seed0"
+    )
+    args.earlier_sweep_samples = 30
+    assert reproduce.search_name(args, 0, 4).startswith("niah_single__c128__project__g15+8x3__s30+60__")
+    # One size is kept as the number every published run recorded; several as text that parses back.
+    assert (
+        reproduce.parse_args(["--sweeps", "2", "--earlier-sweep-samples", "30"]).earlier_sweep_samples == 30
+    )
+    settings = reproduce.published_settings(
+        args := reproduce.parse_args(
+            shlex.split("--search-samples 60 --sweeps 4 --earlier-sweep-samples 30,30,60")
+        )
+    )
+    assert settings["earlier_sweep_samples"] == "30,30,60"
+    for argv, message in [
+        (
+            ["--sweeps", "3", "--search-samples", "60", "--earlier-sweep-samples", "30,30,60"],
+            "gives 3 sizes for 2",
+        ),
+        (
+            ["--sweeps", "3", "--search-samples", "60", "--earlier-sweep-samples", "30,90"],
+            "would be held out",
+        ),
+        (["--sweeps", "3", "--earlier-sweep-samples", "30,0"], "earlier-sweep-samples"),
+    ]:
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_cap_probe_raises_one_layer_and_keeps_the_total_and_the_other_proportions(
+    tmp_path: Path, search_name: object
+) -> None:
+    from cap_probe import check_not_replacing, with_layer_budget  # results/cap_probe.py
+
+    budgets = [105, 113, 51, 97, 33, 190, 512, 60]
+    raised = with_layer_budget(budgets, 6, 800, 32)
+    assert raised[6] == 800 and sum(raised) == sum(budgets)
+    others = [b for i, b in enumerate(budgets) if i != 6]
+    rest = [b for i, b in enumerate(raised) if i != 6]
+    # Proportions kept (within rounding, above the floor): a larger budget never ends up smaller.
+    assert all(rest[i] >= rest[j] for i in range(7) for j in range(7) if others[i] > others[j])
+    assert rest[5] / rest[0] == pytest.approx(others[5] / others[0], rel=0.02)
+    assert min(rest) >= 32
+    assert with_layer_budget(budgets, 6, 512, 32) == budgets
+    for layer, budget, message in [
+        (8, 800, "give 0 to 7"),
+        (6, sum(budgets), "less than the floor"),
+        (6, 16, "below the floor"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            with_layer_budget(budgets, layer, budget, 32)
+    # A probe of other schemes is never replaced; a rerun of the same command may rewrite its figures.
+    out = tmp_path / "cap_probe__run.json"
+    check_not_replacing(out, "python results/cap_probe.py run --layer 6 --budgets 768")
+    out.write_text(json.dumps({"command": "python results/cap_probe.py run --layer 6 --budgets 768"}))
+    check_not_replacing(out, "python results/cap_probe.py run --layer 6 --budgets 768")
+    with pytest.raises(SystemExit, match="move it aside"):
+        check_not_replacing(out, "python results/cap_probe.py run --layer 6 --budgets 1024")
+    out.write_text("{not json")
+    with pytest.raises(SystemExit, match="move it aside"):
+        check_not_replacing(out, "python results/cap_probe.py run --layer 6 --budgets 768")
