@@ -5,10 +5,11 @@ that cap in every seed's allocation, the cap, not the search, may be what limits
 on the run's own search set (the samples its last sweep searched on; no held-out sample is read), each seed's
 last-sweep allocation as published and with layer ``--layer`` given each of ``--budgets``, the other layers
 rescaled to the same total with their proportions kept (``distribute``, floor: the window). It prints the task's
-metric, its partial-credit metric and the last sweep's fitness for each, and writes them with the command to
-``results/cap_probe__<run>.json``.
+metric, its partial-credit metric and the last sweep's fitness for each (and, beside each allocation as published,
+the search-set score its search recorded: the probe scores as the search did), and writes them with the command to
+``results/cap_probe__<run>__layer<L>.json``.
 
-Usage (the 60-sample third needle sweep, whose layer 18 sits at the cap of 512 for both seeds)::
+Usage (the 60-sample third needle sweep, whose layer 18 sits at the cap of 512 for seed 0 and at 511 for seed 1)::
 
     HF_HUB_OFFLINE=1 python results/cap_probe.py \\
         niah_single__2048__c128__project__g15+8x2__s30+60__stratified__exactfit__float32 \\
@@ -24,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from heldout_draws import run_arguments  # results/heldout_draws.py, beside this script
-from reproduce import (
+from reproduce import (  # results/reproduce.py, beside this script
     PARTIAL_WEIGHT,
     git_commit,
     positive_int,
+    published_arguments,
     search_name,
     split_samples,
     sweep_fitness,
@@ -85,11 +86,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("run", help="a run key of results/summary.json")
     parser.add_argument("--layer", type=int, required=True, help="the layer whose budget is raised")
     parser.add_argument(
-        "--budgets", required=True, help="comma-separated budgets for --layer (e.g. 768,1024,1536,2048)"
+        "--budgets",
+        type=budget_list,
+        required=True,
+        help="comma-separated budgets for --layer (e.g. 768,1024,1536,2048)",
     )
-    args = parser.parse_args(argv)
-    args.budgets = [positive_int(text) for text in args.budgets.split(",")]
-    return args
+    return parser.parse_args(argv)
+
+
+def budget_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers >= 1."""
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers >= 1"
+        ) from error
 
 
 def scheme_scores(
@@ -112,11 +124,11 @@ def main() -> None:
     published = summary["runs"].get(options.run)
     if published is None:
         raise SystemExit(f"{options.run} is not a run of {ROOT / 'summary.json'}")
-    args = run_arguments(options.run, published)
+    args = published_arguments(published)
     command = f"python results/cap_probe.py {options.run} --layer {options.layer} --budgets " + ",".join(
         map(str, options.budgets)
     )
-    out = ROOT / f"cap_probe__{options.run}.json"
+    out = ROOT / f"cap_probe__{options.run}__layer{options.layer}.json"
     check_not_replacing(out, command)  # before the work, not after
     model, tokenizer = load_demo_model(dtype=getattr(torch, args.dtype))
     search_set, _ = split_samples(args, tokenizer)
@@ -127,9 +139,11 @@ def main() -> None:
     layers = model.config.num_hidden_layers
     # Every scheme first, so that a --budgets value out of range is refused before the prefill.
     schemes = {"uniform": [args.target_budget] * layers}
+    recorded = {}
     for seed in (int(s) for s in str(args.seeds).split(",")):
         allocation = BudgetAllocation.from_pretrained(ROOT / "allocations" / search_name(args, seed))
         schemes[f"evolkv_seed{seed}"] = allocation.budgets
+        recorded[f"evolkv_seed{seed}"] = allocation.metric_value
         for budget in options.budgets:
             schemes[f"evolkv_seed{seed} layer{options.layer}={budget}"] = with_layer_budget(
                 allocation.budgets, options.layer, budget, allocation.window_size
@@ -142,6 +156,8 @@ def main() -> None:
         name: scheme_scores(engine, budgets, references, metrics, fitness)
         for name, budgets in schemes.items()
     }
+    for name, value in recorded.items():
+        rows[name]["search_recorded"] = value
     seconds = time.perf_counter() - start
     print(f"{'scheme':28} {task.default_metric:>16} {task.partial_credit_metric:>16} {'fitness':>8}")
     for name, row in rows.items():

@@ -109,8 +109,7 @@ def run_arguments(run: str, published: dict[str, Any]) -> argparse.Namespace:
 
     Refuses a run whose held-out draws cannot be formed: one scored with ``--depth-split ordered`` on a task with
     needle depths (its held-out depths are the tail of one ramp over search and held-out samples)."""
-    args = reproduce.parse_args([])
-    vars(args).update({"depth_split": "ordered", **published["settings"]})
+    args = reproduce.published_arguments(published)
     if args.depth_split == "ordered" and "depths" in TASKS[args.task].options:
         raise SystemExit(
             f"{run} was scored with --depth-split ordered: its held-out needles sit at the deep end of one depth "

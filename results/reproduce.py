@@ -94,6 +94,14 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, task: str = "niah
     parser.add_argument("--search-samples", type=int, default=30)
     parser.add_argument("--eval-samples", type=int, default=200)
     parser.add_argument("--target-budget", type=int, default=128)
+    parser.add_argument(
+        "--max-budget",
+        type=positive_int,
+        default=None,
+        help="the largest budget a search may give one layer (SearchArguments.max_budget; default 4 x "
+        "--target-budget, every published search before this option): a layer the searches keep at the cap may "
+        "need more. The expansion to the other --budgets rescales without a cap",
+    )
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument(
         "--generations", type=int, default=15, help="CMA-ES generations per group (the paper: 15)"
@@ -124,8 +132,9 @@ def search_name(args: argparse.Namespace, seed: int, sweep: int | None = None) -
     :func:`samples_label`) only when it is not the paper's 30, so the published names stay;
     so do the sweeps (``__g15x2``: a second sweep over the groups, started from the first's allocation;
     ``__g15+8``: one of 8 generations per group, see :func:`sweeps_label`) only after the first, the sweep's
-    fitness (``__exactfit``) only when it is not ``partial``, the sweep's largest per-layer budget (``__cap2048``)
-    only when it is not the default ``4 x --target-budget`` and the sweep's dtype (``__float32``, before
+    fitness (``__exactfit``) only when it is not ``partial``, the sweeps' largest per-layer budgets
+    (``__cap2048``, ``__cap512+2048``; :func:`cap_label`) only when one is not the default ``4 x --target-budget``
+    and the sweep's dtype (``__float32``, before
     ``__seed<n>``) only when it is not bfloat16. The name of a later sweep does not say which dtype or fitness
     the earlier ones ran with: their allocations' provenance does (a reused sweep whose ``initial_allocation``
     differs is refused). ``sweep`` defaults to the run's last, ``--sweeps``.
@@ -226,10 +235,19 @@ def sweep_max_budget(args: argparse.Namespace, sweep: int) -> int:
 
 
 def cap_label(args: argparse.Namespace, sweep: int) -> str:
-    """A sweep's largest per-layer budget in names and run keys: nothing for the default ``4 x --target-budget``
-    (every published name stays), else ``__cap<n>``."""
-    cap = sweep_max_budget(args, sweep)
-    return "" if cap == default_max_budget(args) else f"__cap{cap}"
+    """The largest per-layer budgets of sweeps ``1 .. sweep`` in names and run keys, like :func:`samples_label`:
+    nothing when every one had the default ``4 x --target-budget`` (every published name stays), ``__cap2048``
+    when every one had 2048, ``__cap512+2048`` for a sweep capped at 2048 after sweeps at 512
+    (``--earlier-sweep-max-budget``), and every cap (``__cap512+1024+2048``) when the earlier ones differ among
+    themselves. A label names one sequence of caps only."""
+    caps = [sweep_max_budget(args, k) for k in range(1, sweep + 1)]
+    if set(caps) == {default_max_budget(args)}:
+        return ""
+    if len(set(caps)) == 1:
+        return f"__cap{caps[-1]}"
+    if len(set(caps[:-1])) == 1:
+        return f"__cap{caps[0]}+{caps[-1]}"
+    return "__cap" + "+".join(map(str, caps))
 
 
 def fitness_label(fitness: str) -> str:
@@ -331,8 +349,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--sweeps``, ``--sweep-generations``, ``--first-sweep-dtype``, ``--earlier-sweep-samples`` and
-    ``--first-sweep-fitness``, which name a run's sweeps (shared with ``fitness_proxy.py``); check them with
+    """``--sweeps``, ``--sweep-generations``, ``--first-sweep-dtype``, ``--earlier-sweep-samples``,
+    ``--earlier-sweep-max-budget`` and ``--first-sweep-fitness``, which name a run's sweeps (shared with ``fitness_proxy.py``); check them with
     :func:`check_sweep_arguments` after parsing."""
     parser.add_argument(
         "--sweeps",
@@ -367,14 +385,6 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "published 60-sample third one); at most --search-samples, so that no earlier sweep's sample is held out",
     )
     parser.add_argument(
-        "--max-budget",
-        type=positive_int,
-        default=None,
-        help="the largest budget a search may give one layer (SearchArguments.max_budget; default 4 x "
-        "--target-budget, every published search before this option): a layer the searches keep at the cap may "
-        "need more. The expansion to the other --budgets rescales without a cap",
-    )
-    parser.add_argument(
         "--earlier-sweep-max-budget",
         type=positive_int,
         default=None,
@@ -391,7 +401,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_sweep_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse sweep options that would be ignored, and an ``exact+partial`` fitness that would add a metric to itself."""
+    """Refuse sweep options that would be ignored or mislead (a cap below the target, earlier search sets larger than
+    ``--search-samples`` or not one per earlier sweep), and an ``exact+partial`` fitness that would add a metric to
+    itself. A list of equal ``--earlier-sweep-samples`` sizes becomes the one size (the same run, one command)."""
     if args.sweep_generations is not None and args.sweeps == 1:
         parser.error("--sweep-generations sets the sweeps after the first: give --sweeps 2 or more")
     if args.earlier_sweep_samples is not None and args.sweeps == 1:
@@ -399,16 +411,19 @@ def check_sweep_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
     sizes = earlier_sweep_sizes(args) or []
     if len(sizes) > 1 and len(sizes) != args.sweeps - 1:
         parser.error(
-            f"--earlier-sweep-samples {args.earlier_sweep_samples} gives {len(sizes)} sizes for {args.sweeps - 1} "
-            "sweeps before the last: give one size for all of them, or one per sweep"
+            f"--earlier-sweep-samples {args.earlier_sweep_samples} gives {len(sizes)} sizes, but --sweeps "
+            f"{args.sweeps} has {args.sweeps - 1} before the last: give one size for all of them, or one per sweep"
         )
-    if any(size > args.search_samples for size in sizes):
-        # The held-out samples are the rows after --search-samples: rows an earlier sweep searched on would be
-        # among them.
-        parser.error(
-            f"--earlier-sweep-samples {args.earlier_sweep_samples} is more than --search-samples "
-            f"{args.search_samples}: the earlier sweeps' extra samples would be held out"
-        )
+    if len(set(sizes)) == 1:
+        args.earlier_sweep_samples = sizes[0]
+    for size in sizes:
+        if size > args.search_samples:
+            # The held-out samples are the rows after --search-samples: rows an earlier sweep searched on would be
+            # among them.
+            parser.error(
+                f"--earlier-sweep-samples: {size} is more than --search-samples {args.search_samples}: the "
+                "earlier sweeps' extra samples would be held out"
+            )
     if args.earlier_sweep_max_budget is not None and args.sweeps == 1:
         parser.error("--earlier-sweep-max-budget sets the sweeps before the last: give --sweeps 2 or more")
     for option, cap in (
@@ -514,7 +529,8 @@ def search_sweep(
         raise SystemExit(
             f"{directory} holds no allocation: sweep {sweep} would be searched on {sweep_samples(args, sweep)} "
             f"samples (--earlier-sweep-samples) but this run's search set has {args.search_samples} "
-            f"(--search-samples). Search it first with --search-samples {sweep_samples(args, sweep)}, or leave out "
+            f"(--search-samples). Search it first with --search-samples {sweep_samples(args, sweep)} --sweeps {sweep} "
+            "(and --earlier-sweep-samples for the sweeps before it, if they searched fewer), or leave out "
             "--earlier-sweep-samples."
         )
     if sweep_dtype(args, sweep) != args.dtype:
@@ -595,6 +611,14 @@ def published_settings(args: argparse.Namespace) -> dict[str, Any]:
     which only decides whether this invocation stops before the evaluation, and options left unset (``None``:
     ``--sweep-generations None`` would not parse)."""
     return {name: value for name, value in vars(args).items() if name != "search_only" and value is not None}
+
+
+def published_arguments(published: dict[str, Any]) -> argparse.Namespace:
+    """The arguments of a run published in ``summary.json``: the defaults updated with its ``settings`` (a run
+    published before the depth split was recorded used ``--depth-split ordered``)."""
+    args = parse_args([])
+    vars(args).update({"depth_split": "ordered", **published["settings"]})
+    return args
 
 
 def held_out_size(args: argparse.Namespace) -> dict[str, int]:
@@ -715,7 +739,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     methods = baseline_methods(layers, budgets)
-    search_info = {}
+    search_info: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         print(f"search seed {seed}", flush=True)
         allocation, seconds = search(args, model, tokenizer, train, seed)
@@ -744,6 +768,7 @@ def main() -> None:
                     "search_metric": swept.metric_name,
                     # Sweeps on other search sets (--earlier-sweep-samples) have search-set scores on other samples.
                     "search_samples": swept.search_num_samples,
+                    "max_budget": swept.extra.get("max_budget", default_max_budget(args)),
                     **({"search_resumed": True} if swept.extra.get("search_resumed") else {}),
                 }
                 for swept in [*earlier, allocation]
@@ -886,8 +911,9 @@ def run_key(args: argparse.Namespace) -> str:
     held-out size and dtype (population, group size and seeds are in the run's settings).
 
     The held-out size appears (``__e400``) only when it is not 200, the sweeps (``__g15x2``, ``__g15+8``) only when
-    more than one, the fitness of the last sweep (``__exactfit``) only when it is not ``partial``, its largest
-    per-layer budget (``__cap2048``) only when it is not ``4 x --target-budget`` and the dtype
+    more than one, the fitness of the last sweep (``__exactfit``) only when it is not ``partial``, the sweeps'
+    largest per-layer budgets (``__cap2048``, ``__cap512+2048``) only when one is not ``4 x --target-budget`` and
+    the dtype
     (``__float32``) only when it is not bfloat16, so the published keys stay.
     """
     return (

@@ -86,9 +86,11 @@ def run_block(name: str, run: dict[str, Any]) -> str:
             samples = (
                 f" on {sweep['search_samples']} samples" if sweep.get("search_samples") is not None else ""
             )
+            # Recorded since --max-budget: each sweep's largest per-layer budget.
+            cap = f", each layer at most {sweep['max_budget']}" if sweep.get("max_budget") is not None else ""
             lines.append(
                 f"  - sweep {number} ({sweep['dtype']}): {sweep_took}, search-set {score_label(sweep)} "
-                f"{sweep['search_score']:.1f}{samples}"
+                f"{sweep['search_score']:.1f}{samples}{cap}"
             )
     partial = run.get("partial_credit")
     if partial:

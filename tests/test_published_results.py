@@ -601,13 +601,26 @@ def test_a_sweep_with_a_larger_cap_is_named_apart_and_searched_with_it(
         )
     )
     assert [reproduce.sweep_max_budget(args, sweep) for sweep in (1, 2)] == [512, 2048]
-    # The first sweep has the default cap (4 x 128): its published name stays; only the last says its cap.
+    # The first sweep has the default cap (4 x 128): its published name stays; the last says both caps ...
     assert reproduce.search_name(args, 0, 1) == "niah_single__c128__penalty__g15__seed0"
-    assert reproduce.search_name(args, 0, 2) == "niah_single__c128__penalty__g15+8__cap2048__seed0"
-    assert reproduce.run_key(args) == "niah_single__2048__c128__penalty__g15+8__s30__cap2048"
+    assert reproduce.search_name(args, 0, 2) == "niah_single__c128__penalty__g15+8__cap512+2048__seed0"
+    assert reproduce.run_key(args) == "niah_single__2048__c128__penalty__g15+8__s30__cap512+2048"
     assert reproduce.run_key(reproduce.parse_args(["--max-budget", "512"])) == reproduce.run_key(
         reproduce.parse_args([])
     )
+    # ... so that it is not named like two sweeps at 2048, nor a run whose only non-default cap is an earlier one
+    # like an all-default run (regression: the label once said only the sweep's own cap).
+    both = reproduce.parse_args(
+        shlex.split("--sweeps 2 --generations 15 --sweep-generations 8 --max-budget 2048")
+    )
+    assert reproduce.search_name(both, 0, 1) == "niah_single__c128__penalty__g15__cap2048__seed0"
+    assert reproduce.run_key(both) == "niah_single__2048__c128__penalty__g15+8__s30__cap2048"
+    first_only = reproduce.parse_args(
+        shlex.split("--sweeps 2 --generations 15 --sweep-generations 8 --earlier-sweep-max-budget 1024")
+    )
+    assert reproduce.run_key(first_only) == "niah_single__2048__c128__penalty__g15+8__s30__cap1024+512"
+    three = reproduce.parse_args(shlex.split("--sweeps 3 --max-budget 2048 --earlier-sweep-max-budget 1024"))
+    assert reproduce.cap_label(three, 3) == "__cap1024+2048"
     # Each sweep is searched with its own cap, which its allocation records.
     searched: list[int] = []
 
@@ -682,22 +695,35 @@ def test_earlier_sweeps_may_each_have_their_own_search_set_size(
     assert (
         reproduce.parse_args(["--sweeps", "2", "--earlier-sweep-samples", "30"]).earlier_sweep_samples == 30
     )
-    settings = reproduce.published_settings(
-        args := reproduce.parse_args(
-            shlex.split("--search-samples 60 --sweeps 4 --earlier-sweep-samples 30,30,60")
+    # The published command of such a run (as reproduce.main writes it) parses back to its settings and key.
+    fourth = reproduce.parse_args(
+        shlex.split(
+            "--search-samples 60 --sweeps 4 --earlier-sweep-samples 30,30,60 --max-budget 2048 "
+            "--earlier-sweep-max-budget 512 --depth-split stratified"
         )
     )
+    settings = reproduce.published_settings(fourth)
     assert settings["earlier_sweep_samples"] == "30,30,60"
+    command = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+    parsed = reproduce.parse_args(shlex.split(command))
+    assert reproduce.published_settings(parsed) == settings
+    assert reproduce.run_key(parsed) == reproduce.run_key(fourth)
+    assert reproduce.run_key(fourth).endswith("__s30+30+60+60__stratified__cap512+2048")
+    # Equal sizes are the one size: the same run, named and recorded the same.
+    assert (
+        reproduce.parse_args(shlex.split("--sweeps 3 --earlier-sweep-samples 30,30")).earlier_sweep_samples
+        == 30
+    )
     for argv, message in [
         (
             ["--sweeps", "3", "--search-samples", "60", "--earlier-sweep-samples", "30,30,60"],
-            "gives 3 sizes for 2",
+            "gives 3 sizes, but --sweeps 3 has 2 before the last",
         ),
         (
             ["--sweeps", "3", "--search-samples", "60", "--earlier-sweep-samples", "30,90"],
-            "would be held out",
+            "90 is more than --search-samples 60",
         ),
-        (["--sweeps", "3", "--earlier-sweep-samples", "30,0"], "earlier-sweep-samples"),
+        (["--sweeps", "3", "--earlier-sweep-samples", "30,0"], "expected an integer >= 1, got 0"),
     ]:
         with pytest.raises(SystemExit):
             reproduce.parse_args(argv)
@@ -736,3 +762,15 @@ def test_cap_probe_raises_one_layer_and_keeps_the_total_and_the_other_proportion
     out.write_text("{not json")
     with pytest.raises(SystemExit, match="move it aside"):
         check_not_replacing(out, "python results/cap_probe.py run --layer 6 --budgets 768")
+
+
+def test_cap_probe_refuses_budgets_that_are_not_positive_integers(
+    search_name: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cap_probe import parse_args
+
+    assert parse_args(["run", "--layer", "18", "--budgets", "768,1024"]).budgets == [768, 1024]
+    for text in ("0", "768,x"):
+        with pytest.raises(SystemExit):
+            parse_args(["run", "--layer", "18", "--budgets", text])
+        assert "error: argument --budgets" in capsys.readouterr().err
