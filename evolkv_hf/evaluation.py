@@ -227,8 +227,6 @@ class EvaluationReport:
             A method has no scores or a score that is not finite, the full cache has a budget, or another method
             has none.
         """
-        from .metrics import bootstrap_ci
-
         rows = []
         for (method, budget), values in scores.items():
             label = "the full cache" if method == "full" else f"{method!r} at budget {budget}"
@@ -244,12 +242,7 @@ class EvaluationReport:
                 raise ValueError(
                     f"{label} has a score that is not finite (NaN or infinite): check the metric."
                 )
-            score = _mean(values)
-            low: float | None = None
-            high: float | None = None
-            if n_bootstrap > 0:
-                low, high = bootstrap_ci(values, n_resamples=n_bootstrap, confidence=confidence, seed=seed)
-                low, high = min(low, score), max(high, score)  # as evaluate_methods: the score is inside
+            score, low, high = _mean_and_interval(values, n_bootstrap, confidence, seed)
             kind = method if method in ("full", *HEURISTIC_METHODS) else "allocation"
             rows.append(
                 EvaluationRow(
@@ -842,6 +835,21 @@ def _cache_factory(model: Any, run: _Run, options: dict[str, Any]) -> Callable[[
     return lambda: EvolKVCache(model, budgets, policy=policy, **options)
 
 
+def _mean_and_interval(
+    scores: Sequence[float], n_bootstrap: int, confidence: float, seed: int
+) -> tuple[float, float | None, float | None]:
+    """The mean of ``scores`` and its bootstrap interval (``None`` bounds when ``n_bootstrap`` is 0), widened to
+    contain the mean: the resampled means are summed in another order than the mean, and without this, equal
+    scores (e.g. 30 x 100/3) gave a mean one rounding step outside its own interval."""
+    from .metrics import bootstrap_ci
+
+    score = _mean(scores)
+    if n_bootstrap <= 0:
+        return score, None, None
+    low, high = bootstrap_ci(scores, n_resamples=n_bootstrap, confidence=confidence, seed=seed)
+    return score, min(low, score), max(high, score)
+
+
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
@@ -1147,7 +1155,7 @@ class _Scorer:
     def __call__(
         self, predictions: list[str], references: list[list[str]]
     ) -> tuple[list[float], dict[str, Any]]:
-        from .metrics import bootstrap_ci, compute_metric, per_sample_scores
+        from .metrics import compute_metric, per_sample_scores
 
         scores = [float(s) for s in per_sample_scores(self.metric, predictions, references, key=self.key)]
         bad = [position for position, score in enumerate(scores) if not math.isfinite(score)]
@@ -1159,16 +1167,7 @@ class _Scorer:
                 f"{predictions[first]!r} against {references[first]!r}; the mean and its bootstrap interval need "
                 "finite scores. Fix the metric (or the references) for such answers."
             )
-        score = _mean(scores)
-        low: float | None = None
-        high: float | None = None
-        if self.n_bootstrap > 0:
-            low, high = bootstrap_ci(
-                scores, n_resamples=self.n_bootstrap, confidence=CONFIDENCE, seed=self.seed
-            )
-            # The resampled means are summed in another order than the score: without this, equal scores
-            # (e.g. 30 x 100/3) gave a score one rounding step outside its own interval.
-            low, high = min(low, score), max(high, score)
+        score, low, high = _mean_and_interval(scores, self.n_bootstrap, CONFIDENCE, self.seed)
         metrics = {
             "metric_name": self.name,
             "metric": _jsonable(compute_metric(self.metric, predictions, references)),
