@@ -198,12 +198,22 @@ def samples_label(args: argparse.Namespace, sweep: int) -> str:
     samples, ``30+60`` for a sweep on 60 after sweeps on 30 (``--earlier-sweep-samples``), so that such a run
     is not named as one that searched 60 samples in every sweep, and every size (``30+30+60+60``) when the
     sweeps before this one differ among themselves. A label names one sequence of sizes only."""
-    sizes = [sweep_samples(args, k) for k in range(1, sweep + 1)]
-    if len(set(sizes)) == 1:
-        return f"{sizes[-1]}"
-    if len(set(sizes[:-1])) == 1:
-        return f"{sizes[0]}+{sizes[-1]}"
-    return "+".join(map(str, sizes))
+    return sweeps_values_label([sweep_samples(args, k) for k in range(1, sweep + 1)])
+
+
+def sweeps_values_label(values: list[int]) -> str:
+    """One setting of sweeps ``1 .. n`` in a name (shared by the search-set sizes and the caps): ``60`` when every
+    sweep had 60, ``30+60`` when the last had 60 after sweeps that all had 30, else every value (``30+30+60+60``).
+    Each label names one sequence of values only.
+
+    >>> sweeps_values_label([30, 30, 60]), sweeps_values_label([30, 60, 60])
+    ('30+60', '30+60+60')
+    """
+    if len(set(values)) == 1:
+        return f"{values[-1]}"
+    if len(set(values[:-1])) == 1:
+        return f"{values[0]}+{values[-1]}"
+    return "+".join(map(str, values))
 
 
 def sweep_dtype(args: argparse.Namespace, sweep: int) -> str:
@@ -241,13 +251,7 @@ def cap_label(args: argparse.Namespace, sweep: int) -> str:
     (``--earlier-sweep-max-budget``), and every cap (``__cap512+1024+2048``) when the earlier ones differ among
     themselves. A label names one sequence of caps only."""
     caps = [sweep_max_budget(args, k) for k in range(1, sweep + 1)]
-    if set(caps) == {default_max_budget(args)}:
-        return ""
-    if len(set(caps)) == 1:
-        return f"__cap{caps[-1]}"
-    if len(set(caps[:-1])) == 1:
-        return f"__cap{caps[0]}+{caps[-1]}"
-    return "__cap" + "+".join(map(str, caps))
+    return "" if set(caps) == {default_max_budget(args)} else f"__cap{sweeps_values_label(caps)}"
 
 
 def fitness_label(fitness: str) -> str:
