@@ -30,6 +30,7 @@ from reproduce import (  # results/reproduce.py, beside this script
     git_commit,
     positive_int,
     published_arguments,
+    published_run,
     search_name,
     split_samples,
     sweep_fitness,
@@ -120,10 +121,7 @@ def scheme_scores(
 
 def main() -> None:
     options = parse_args()
-    summary = json.loads((ROOT / "summary.json").read_text())
-    published = summary["runs"].get(options.run)
-    if published is None:
-        raise SystemExit(f"{options.run} is not a run of {ROOT / 'summary.json'}")
+    published = published_run(options.run)
     args = published_arguments(published)
     command = f"python results/cap_probe.py {options.run} --layer {options.layer} --budgets " + ",".join(
         map(str, options.budgets)

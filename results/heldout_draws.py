@@ -357,12 +357,7 @@ def save(path: Path, saved: dict[str, Any], published: dict[str, Any]) -> dict[s
 
 def main() -> None:
     options = parse_args()
-    summary = json.loads((ROOT / "summary.json").read_text())
-    published = summary["runs"].get(options.run)
-    if published is None:
-        raise SystemExit(
-            f"{options.run} is not a run of results/summary.json; runs: {sorted(summary['runs'])}"
-        )
+    published = reproduce.published_run(options.run)
     if "per_sample" not in published:
         raise SystemExit(
             f"{options.run} was published before per-sample scores were recorded: score it again"

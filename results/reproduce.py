@@ -617,6 +617,15 @@ def published_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name, value in vars(args).items() if name != "search_only" and value is not None}
 
 
+def published_run(run: str) -> dict[str, Any]:
+    """Run ``run`` of ``results/summary.json``; an unknown key is refused with the published ones (shared with
+    ``heldout_draws.py`` and ``cap_probe.py``)."""
+    runs = json.loads((ROOT / "summary.json").read_text())["runs"]
+    if run not in runs:
+        raise SystemExit(f"{run} is not a run of results/summary.json; runs: {sorted(runs)}")
+    return runs[run]
+
+
 def published_arguments(published: dict[str, Any]) -> argparse.Namespace:
     """The arguments of a run published in ``summary.json``: the defaults updated with its ``settings`` (a run
     published before the depth split was recorded used ``--depth-split ordered``)."""

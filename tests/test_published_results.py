@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -774,3 +775,13 @@ def test_cap_probe_refuses_budgets_that_are_not_positive_integers(
         with pytest.raises(SystemExit):
             parse_args(["run", "--layer", "18", "--budgets", text])
         assert "error: argument --budgets" in capsys.readouterr().err
+
+
+def test_an_unknown_run_is_refused_with_the_published_ones(search_name: object) -> None:
+    import reproduce
+
+    assert reproduce.published_run(RUNS[0]) == SUMMARY["runs"][RUNS[0]]
+    with pytest.raises(
+        SystemExit, match=f"no-such-run is not a run of results/summary.json; runs: .*{re.escape(RUNS[0])}"
+    ):
+        reproduce.published_run("no-such-run")
