@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -167,6 +168,61 @@ def test_search_moves_budget_to_the_layers_that_matter(tmp_path):
     assert sum(budgets) == 4 * 32
     assert budgets[1] + budgets[2] > 2 * 32 + 40, budgets
     assert budgets[0] < 32 and budgets[3] < 32
+
+
+@pytest.mark.parametrize("rewarded", [True, False])
+def test_the_allocation_records_its_bounds_and_a_layer_at_the_cap_is_reported(tmp_path, caplog, rewarded):
+    # Layers 1 and 2 earn score for every token, so a cap of 40 (target 32) stops them; a flat metric does not
+    # move any layer, so nothing is at the cap and nothing is reported.
+    class Synthetic(BudgetSearcher):
+        def create_engine(self):
+            return SyntheticEngine()
+
+    def flat_metric(predictions, references):
+        return {"score": 1.0}
+
+    args = SearchArguments(
+        output_dir=str(tmp_path / "run"),
+        target_budget=32,
+        group_size=2,
+        population_size=6,
+        generations_per_group=4,
+        window_size=4,
+        min_budget=4,
+        max_budget=40,
+        disable_tqdm=True,
+        constraint="project",
+    )
+    searcher = Synthetic(
+        tiny_model("llama", num_layers=4),
+        args,
+        dataset(),
+        processing_class=tiny_tokenizer(),
+        metric=synthetic_metric if rewarded else flat_metric,
+    )
+    with caplog.at_level(logging.WARNING, logger="evolkv_hf.search.searcher"):
+        result = searcher.search()
+    saved = BudgetAllocation.from_pretrained(tmp_path / "run" / "allocation")
+    assert saved.extra["min_budget"] == 4 and saved.extra["max_budget"] == 40
+    warnings = [record.getMessage() for record in caplog.records if "max_budget" in record.getMessage()]
+    if rewarded:
+        assert result.allocation.budgets[1] == result.allocation.budgets[2] == 40, result.allocation.budgets
+        assert len(warnings) == 1
+        assert "layer(s) [1, 2] at max_budget (40 tokens)" in warnings[0]
+        assert str(tmp_path / "run" / "allocation") in warnings[0]
+    else:
+        assert result.allocation.budgets == [32] * 4
+        assert warnings == []
+
+
+@pytest.mark.parametrize(("top", "warned"), [(512, True), (511, True), (507, True), (506, False)])
+def test_a_layer_trimmed_below_the_cap_by_the_projection_is_still_at_the_cap(tmp_path, caplog, top, warned):
+    # Regression for the published third-sweep needle searches: layer 18 ended at 511 of 512, the candidate's
+    # clipped 512 trimmed by the projection onto the target mean.
+    searcher = make_searcher(tmp_path, target_budget=128, max_budget=512)
+    with caplog.at_level(logging.WARNING, logger="evolkv_hf.search.searcher"):
+        searcher._warn_at_cap([top, 32, 32])
+    assert any("layer(s) [0] at max_budget (512 tokens)" in r.getMessage() for r in caplog.records) == warned
 
 
 def test_callbacks_fire_in_order_and_can_stop(tmp_path):

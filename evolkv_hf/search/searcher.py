@@ -552,6 +552,7 @@ class BudgetSearcher:
         # The score recorded with the allocation is that of the completed budgets it holds (one evaluation).
         completed_score = float(self._evaluate_candidate(completed.budgets)["score"])
         allocation = self._with_provenance(completed.budgets, completed_score)
+        self._warn_at_cap(allocation.budgets)
         self._result = SearchResult(
             allocation=allocation,
             best_fitness=self.state.best_fitness,
@@ -571,6 +572,25 @@ class BudgetSearcher:
                 self.push_to_hub(args.hub_model_id)
         return self._result
 
+    def _warn_at_cap(self, budgets: list[int]) -> None:
+        """Warn when the result holds a layer at ``max_budget``: the cap, not the fitness, may have stopped it.
+
+        "At" is within 1%: projecting a candidate clipped at the cap onto the target mean can trim it a little
+        (511 of 512)."""
+        cap = self.args.max_budget
+        if cap is None or cap <= self.args.target_budget or not self.is_main_process:
+            return
+        at_cap = [layer for layer, budget in enumerate(budgets) if budget >= 0.99 * cap]
+        if at_cap:
+            logger.warning(
+                "The searched allocation holds layer(s) %s at max_budget (%d tokens): the cap may have held the "
+                "search back there. Consider searching again with a larger max_budget (starting from this "
+                "allocation: initial_allocation=%r).",
+                at_cap,
+                cap,
+                str(Path(self.args.output_dir) / ALLOCATION_DIR),
+            )
+
     def _save_scores(self, result: SearchResult, scores: dict[str, float]) -> None:
         finite = {name: value for name, value in scores.items() if math.isfinite(value)}
         result.allocation = dataclasses.replace(result.allocation, scores=finite)
@@ -588,6 +608,9 @@ class BudgetSearcher:
             "constraint": args.constraint,
             "group_order": args.group_order,
             "engine": args.engine,
+            # The bounds every candidate was clipped to: a layer at max_budget may have wanted more.
+            "min_budget": args.min_budget,
+            "max_budget": args.max_budget,
         }
         if self.state.initial_budgets is not None:
             # The budgets too: the source may be a path that later holds something else (or this very result).
