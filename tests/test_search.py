@@ -139,30 +139,34 @@ def synthetic_metric(predictions, references):
     return {"score": (budgets[1] + budgets[2]) / 4.0}
 
 
-def test_search_moves_budget_to_the_layers_that_matter(tmp_path):
-    class Synthetic(BudgetSearcher):
-        def create_engine(self):
-            return SyntheticEngine()
+class SyntheticSearcher(BudgetSearcher):
+    def create_engine(self):
+        return SyntheticEngine()
 
-    args = SearchArguments(
+
+def synthetic_searcher(tmp_path, metric=synthetic_metric, **overrides) -> BudgetSearcher:
+    """Four layers, target 32, every candidate projected onto the target; answers from :class:`SyntheticEngine`."""
+    settings = dict(
         output_dir=str(tmp_path / "run"),
         target_budget=32,
         group_size=2,
-        population_size=8,
-        generations_per_group=12,
         window_size=4,
         min_budget=4,
-        max_budget=96,
         disable_tqdm=True,
         constraint="project",
     )
-    searcher = Synthetic(
+    settings.update(overrides)
+    return SyntheticSearcher(
         tiny_model("llama", num_layers=4),
-        args,
+        SearchArguments(**settings),
         dataset(),
         processing_class=tiny_tokenizer(),
-        metric=synthetic_metric,
+        metric=metric,
     )
+
+
+def test_search_moves_budget_to_the_layers_that_matter(tmp_path):
+    searcher = synthetic_searcher(tmp_path, population_size=8, generations_per_group=12, max_budget=96)
     result = searcher.search()
     budgets = result.allocation.budgets
     assert sum(budgets) == 4 * 32
@@ -170,35 +174,20 @@ def test_search_moves_budget_to_the_layers_that_matter(tmp_path):
     assert budgets[0] < 32 and budgets[3] < 32
 
 
+def flat_metric(predictions, references):
+    return {"score": 1.0}
+
+
 @pytest.mark.parametrize("rewarded", [True, False])
 def test_the_allocation_records_its_bounds_and_a_layer_at_the_cap_is_reported(tmp_path, caplog, rewarded):
     # Layers 1 and 2 earn score for every token, so a cap of 40 (target 32) stops them; a flat metric does not
     # move any layer, so nothing is at the cap and nothing is reported.
-    class Synthetic(BudgetSearcher):
-        def create_engine(self):
-            return SyntheticEngine()
-
-    def flat_metric(predictions, references):
-        return {"score": 1.0}
-
-    args = SearchArguments(
-        output_dir=str(tmp_path / "run"),
-        target_budget=32,
-        group_size=2,
+    searcher = synthetic_searcher(
+        tmp_path,
+        metric=synthetic_metric if rewarded else flat_metric,
         population_size=6,
         generations_per_group=4,
-        window_size=4,
-        min_budget=4,
         max_budget=40,
-        disable_tqdm=True,
-        constraint="project",
-    )
-    searcher = Synthetic(
-        tiny_model("llama", num_layers=4),
-        args,
-        dataset(),
-        processing_class=tiny_tokenizer(),
-        metric=synthetic_metric if rewarded else flat_metric,
     )
     with caplog.at_level(logging.WARNING, logger="evolkv_hf.search.searcher"):
         result = searcher.search()
