@@ -204,14 +204,41 @@ def test_the_allocation_records_its_bounds_and_a_layer_at_the_cap_is_reported(tm
         assert warnings == []
 
 
-@pytest.mark.parametrize(("top", "warned"), [(512, True), (511, True), (507, True), (506, False)])
-def test_a_layer_trimmed_below_the_cap_by_the_projection_is_still_at_the_cap(tmp_path, caplog, top, warned):
+@pytest.mark.parametrize(
+    ("target", "cap", "top", "warned"),
+    [
+        (128, 512, 512, True),
+        (128, 512, 511, True),
+        (128, 512, 507, True),
+        (128, 512, 506, False),
+        (32, 40, 40, True),
+        (32, 40, 39, True),
+        (32, 40, 38, False),
+        (128, 129, 128, False),
+    ],
+)
+def test_a_layer_trimmed_below_the_cap_by_the_projection_is_still_at_the_cap(
+    tmp_path, caplog, target, cap, top, warned
+):
     # Regression for the published third-sweep needle searches: layer 18 ended at 511 of 512, the candidate's
-    # clipped 512 trimmed by the projection onto the target mean.
-    searcher = make_searcher(tmp_path, target_budget=128, max_budget=512)
+    # clipped 512 trimmed by the projection onto the target mean. A layer at the target is never "at the cap".
+    searcher = make_searcher(tmp_path, target_budget=target, max_budget=cap)
     with caplog.at_level(logging.WARNING, logger="evolkv_hf.search.searcher"):
-        searcher._warn_at_cap([top, 32, 32])
-    assert any("layer(s) [0] at max_budget (512 tokens)" in r.getMessage() for r in caplog.records) == warned
+        searcher._warn_at_cap([top, 8, 8])
+    expected = f"layer(s) [0] at max_budget ({cap} tokens)"
+    assert any(expected in r.getMessage() for r in caplog.records) == warned
+
+
+def test_a_layer_the_penalty_search_held_at_the_cap_is_reported_although_the_completion_lowered_it(
+    tmp_path, caplog
+):
+    # Under "penalty" the best scheme may drift over the target: a layer it held at the cap (512) ends at 441
+    # once the completion rescales the scheme to the target (the published 15-generation penalty searches).
+    searcher = make_searcher(tmp_path, target_budget=128, max_budget=512, constraint="penalty")
+    searcher.state.best_budgets = [100, 512, 100]
+    with caplog.at_level(logging.WARNING, logger="evolkv_hf.search.searcher"):
+        searcher._warn_at_cap([86, 441, 86])
+    assert any("layer(s) [1] at max_budget (512 tokens)" in r.getMessage() for r in caplog.records)
 
 
 def test_callbacks_fire_in_order_and_can_stop(tmp_path):

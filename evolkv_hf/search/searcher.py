@@ -573,22 +573,34 @@ class BudgetSearcher:
         return self._result
 
     def _warn_at_cap(self, budgets: list[int]) -> None:
-        """Warn when the result holds a layer at ``max_budget``: the cap, not the fitness, may have stopped it.
+        """Warn when a layer ended at ``max_budget``: the cap, not the fitness, may have stopped it.
 
-        "At" is within 1%: projecting a candidate clipped at the cap onto the target mean can trim it a little
-        (511 of 512)."""
-        cap = self.args.max_budget
-        if cap is None or cap <= self.args.target_budget or not self.is_main_process:
+        Both the completed allocation and the best scheme the search scored are checked: under ``"penalty"`` the
+        completion rescales a scheme that drifted over the target, so a layer the search held at the cap ends
+        below it. "At" is within 1% (at least one token): projecting a candidate clipped at the cap onto the
+        target mean trims it a little (511 of 512)."""
+        args = self.args
+        cap = args.max_budget
+        if cap is None or cap <= args.target_budget or not self.is_main_process:
             return
-        at_cap = [layer for layer, budget in enumerate(budgets) if budget >= 0.99 * cap]
+        threshold = cap - max(1.0, 0.01 * cap)
+        schemes = [budgets, list(self.state.best_budgets or [])]
+        at_cap = sorted(
+            {
+                layer
+                for scheme in schemes
+                for layer, b in enumerate(scheme)
+                if b >= threshold and b > args.target_budget
+            }
+        )
         if at_cap:
             logger.warning(
-                "The searched allocation holds layer(s) %s at max_budget (%d tokens): the cap may have held the "
-                "search back there. Consider searching again with a larger max_budget (starting from this "
+                "The search ended with layer(s) %s at max_budget (%d tokens): the cap may have held the search "
+                "back there. Consider searching again with a larger max_budget (starting from this "
                 "allocation: initial_allocation=%r).",
                 at_cap,
                 cap,
-                str(Path(self.args.output_dir) / ALLOCATION_DIR),
+                str(Path(args.output_dir) / ALLOCATION_DIR),
             )
 
     def _save_scores(self, result: SearchResult, scores: dict[str, float]) -> None:
