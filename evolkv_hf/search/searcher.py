@@ -584,7 +584,7 @@ class BudgetSearcher:
         if cap is None or cap <= args.target_budget or not self.is_main_process:
             return
         threshold = cap - max(1.0, 0.01 * cap)
-        schemes = [budgets, list(self.state.best_budgets or [])]
+        schemes = [budgets, self.state.best_budgets]  # best_budgets: a list, empty before any evaluation
         at_cap = sorted(
             {
                 layer
